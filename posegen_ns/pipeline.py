@@ -1,0 +1,393 @@
+"""``PoseGenPipeline``: PoseGen's phases inside one nerfstudio training run.
+
+Phase 1 (steps ``[0, field_steps)``): fit the human field to the capture.
+Phase 2 (steps ``[field_steps, field_steps + loop_steps)``): with the field frozen, learn the hard
+(pose, camera) distribution against the frozen critic. A generator proposes (body pose, global
+orientation, camera) from real mocap poses and noise; the field renders them; the critic predicts
+3D joints; the generator maximises the critic's error through a *bounded* hardness loss (the error
+ratio to prior poses is pulled to ``target_ratio``), with gradients through the renderer into
+pose and camera, while a part-wise discriminator against real mocap keeps poses plausible.
+
+At the end of each phase the pipeline prints what it measured (held-out PSNR; the critic's MPJPE on
+hard samples vs. prior samples, the hardness ratio) and writes ``posegen_report.json`` in the run
+folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Type
+
+import torch
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+from rich.table import Table
+from torch.nn import Parameter
+
+from posegen_ns.datamanager import PoseGenDataManagerConfig
+from posegen_ns.geometry import axis_angle_to_matrix, orbit_extrinsics, project_points
+from posegen_ns.metrics import mpjpe
+from posegen_ns.model import PoseGenHumanModelConfig, psnr
+from posegen_ns.sampler import (
+    CameraRanges,
+    HardPoseGenerator,
+    PartDiscriminator,
+    PoseCameraSample,
+    bounded_hardness_loss,
+    joint_limit_penalty,
+)
+
+
+@dataclass
+class SamplerConfig:
+    """The hard-pose sampler and its losses."""
+
+    batch_size: int = 4
+    """(pose, camera) samples per loop step."""
+    noise_dim: int = 32
+    """Size of the generator's noise input."""
+    hidden: int = 256
+    """Hidden width of the generator."""
+    max_residual: float = 0.6
+    """Bound (radians) on the generator's per-joint rotation residual from a real pose."""
+    target_ratio: float = 2.0
+    """Wanted hardness ratio: critic error on hard samples / on prior samples."""
+    hardness_weight: float = 1.0
+    """Weight of the bounded hardness loss."""
+    adversarial_weight: float = 0.1
+    """Weight of the generator's adversarial (plausibility) loss."""
+    limit_weight: float = 1.0
+    """Weight of the knee/elbow joint-limit penalty."""
+    residual_weight: float = 0.05
+    """Weight of the squared pose residual (radians^2): stay near real poses unless it pays."""
+    reference_momentum: float = 0.9
+    """Momentum of the running critic error on prior samples (the hardness reference)."""
+    prior_stride: int = 4
+    """Frame stride when fitting the shipped mocap for the pose prior."""
+    azimuth_range: tuple = (-math.pi, math.pi)
+    """Camera azimuth range (radians) relative to the body's facing direction."""
+    elevation_range: tuple = (-0.25, 0.6)
+    """Camera elevation range (radians)."""
+    distance_range: tuple = (2.4, 3.6)
+    """Camera distance range (metres) from the pelvis."""
+
+    def ranges(self) -> CameraRanges:
+        return CameraRanges(azimuth=tuple(self.azimuth_range), elevation=tuple(self.elevation_range),
+                            distance=tuple(self.distance_range))
+
+
+@dataclass
+class CriticConfig:
+    """The 3D pose estimator attacked by the loop."""
+
+    name: str = "default"
+    """'default' (an HMR critic pre-trained here on a narrow source pose set, cached) or a name known to
+    ``adapters.load_critic`` (built-ins or the ``posegen.critics`` entry-point group)."""
+    checkpoint: Optional[Path] = None
+    """Checkpoint of the critic (official file for 'spin' / 'hybrik-*')."""
+    pretrain_steps: int = 600
+    """Steps of pre-training for the default critic (only when it is not cached yet)."""
+    input_size: int = 64
+    """Crop size of the default critic."""
+    backbone: str = "resnet18"
+    """Backbone of the default critic."""
+
+
+@dataclass
+class PoseGenPipelineConfig(VanillaPipelineConfig):
+    """PoseGen: fit the human field, then learn hard (pose, camera) samples against a critic."""
+
+    _target: Type = field(default_factory=lambda: PoseGenPipeline)
+    datamanager: PoseGenDataManagerConfig = field(default_factory=PoseGenDataManagerConfig)
+    model: PoseGenHumanModelConfig = field(default_factory=PoseGenHumanModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    field_steps: int = 400
+    """Steps of phase 1 (fitting the field); the loop runs for the rest of ``--max-num-iterations``."""
+    report_samples: int = 32
+    """Samples of each kind (hard, prior) used to report the hardness ratio."""
+    seed: int = 0
+    """Seed of the sampler's noise."""
+
+
+@dataclass
+class SampleBatch:
+    """Rendered, exactly labelled samples. B samples of H x W pixels."""
+
+    body_pose: torch.Tensor  # (B, 69)
+    global_orient: torch.Tensor  # (B, 3) world
+    transl: torch.Tensor  # (B, 3) metres
+    betas: torch.Tensor  # (B, S)
+    K: torch.Tensor  # (B, 3, 3)
+    R: torch.Tensor  # (B, 3, 3)
+    t: torch.Tensor  # (B, 3)
+    images: torch.Tensor  # (B, H, W, 3) in [0, 1]
+    alpha: torch.Tensor  # (B, H, W, 1)
+    joints_h36m_cam: torch.Tensor  # (B, 17, 3) camera frame metres
+    joints_smpl_cam: torch.Tensor  # (B, 24, 3) camera frame metres
+    joints_h36m_2d: torch.Tensor  # (B, 17, 2) pixels
+    joints_smpl_2d: torch.Tensor  # (B, 24, 2) pixels
+    boxes: torch.Tensor  # (B, 4) xyxy pixels
+    pred_joints: torch.Tensor  # (B, J, 3) critic output, root-relative camera frame
+    error: torch.Tensor  # (B,) critic MPJPE, metres
+
+
+class PoseGenPipeline(VanillaPipeline):
+    """See the module docstring. Attributes: ``datamanager``, ``model`` (the field), ``generator``
+    and ``discriminator`` (the sampler), ``critic`` (frozen), ``pose_bank`` (real mocap poses)."""
+
+    config: PoseGenPipelineConfig
+
+    def __init__(
+        self,
+        config: PoseGenPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler=None,
+    ):
+        Pipeline.__init__(self)
+        self.config = config
+        self.test_mode = test_mode
+        self.world_size = world_size
+        self.datamanager = config.datamanager.setup(device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank)
+        self.datamanager.to(device)
+        capture = self.datamanager.train_capture
+        self._model = config.model.setup(
+            scene_box=self.datamanager.train_dataset.scene_box,
+            num_train_data=len(self.datamanager.train_dataset),
+            metadata={},
+            device=device,
+            grad_scaler=grad_scaler,
+            capture=capture,
+        )
+        self.model.to(device)
+        self.ranges = config.sampler.ranges()
+        self.generator = HardPoseGenerator(config.sampler.noise_dim, config.sampler.hidden, config.sampler.max_residual, self.ranges).to(device)
+        self.discriminator = PartDiscriminator().to(device)
+        from posegen_ns.data.poses import load_pose_bank
+
+        body_source = config.model.body or capture.body
+        bank = load_pose_bank(body_source, stride=config.sampler.prior_stride)
+        self.register_buffer("prior_body_pose", bank.body_pose.float().to(device))
+        self.register_buffer("prior_global_orient", bank.global_orient.float().to(device))
+        self.register_buffer("reference_error", torch.tensor(float("nan"), device=device))
+        self.critic = self._load_critic(body_source).to(device)
+        for p in self.critic.parameters():
+            p.requires_grad_(False)
+        self.critic.eval_mode()
+        self.image_hw = (capture.height, capture.width)
+        self.base_focal = float(capture.K[0, 1, 1]) if capture.num_cameras else float(capture.height)
+        self.noise = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.report: Dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ setup helpers
+    def _load_critic(self, body_source: str):
+        from adapters.registry import load_critic
+
+        cfg = self.config.critic
+        if cfg.name == "default":
+            from adapters.pretrain import default_critic_checkpoint
+
+            checkpoint = cfg.checkpoint or default_critic_checkpoint(
+                body=body_source, steps=cfg.pretrain_steps, input_size=cfg.input_size, backbone=cfg.backbone
+            )
+            return load_critic("hmr", checkpoint=checkpoint, body=body_source, backbone=cfg.backbone, input_size=cfg.input_size)
+        return load_critic(cfg.name, checkpoint=cfg.checkpoint)
+
+    @property
+    def loop_started(self) -> bool:
+        return bool(torch.isfinite(self.reference_error))
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        groups = self.model.get_param_groups()
+        groups["generator"] = list(self.generator.parameters())
+        groups["discriminator"] = list(self.discriminator.parameters())
+        return groups
+
+    # ------------------------------------------------------------------ sampling
+    def _cameras(self, sample: PoseCameraSample, betas: torch.Tensor):
+        """K, R, t for the sampled camera parameters; orbit about the pelvis, azimuth relative to
+        the body's facing direction (its +z axis, rotated by global_orient)."""
+        B = sample.camera.shape[0]
+        forward = axis_angle_to_matrix(sample.global_orient)[:, :, 2]  # (B, 3)
+        yaw = torch.atan2(forward[:, 0], forward[:, 2])
+        az, el, dist, roll, fscale = sample.camera.unbind(-1)
+        body = self.model.body
+        v_shaped = body.v_template + torch.einsum("vks,bs->bvk", body.smpl.shapedirs[..., : betas.shape[-1]], betas)
+        pelvis = torch.einsum("v,bvk->bk", body.smpl.J_regressor[0], v_shaped)  # transl = 0: pelvis stays here
+        R, t = orbit_extrinsics(yaw + az, el, dist, pelvis, roll)
+        H, W = self.image_hw
+        K = torch.zeros(B, 3, 3, device=R.device)
+        K[:, 0, 0] = K[:, 1, 1] = self.base_focal * fscale
+        K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = W / 2.0, H / 2.0, 1.0
+        return K, R, t
+
+    def draw(self, num: int, hard: bool, noise: Optional[torch.Generator] = None) -> PoseCameraSample:
+        """Draw (pose, camera) samples: from the generator (``hard``) or from the prior (real mocap
+        poses, cameras uniform in the ranges). Differentiable in the generator's parameters."""
+        noise = noise or self.noise
+        dev = self.prior_body_pose.device
+        idx = torch.randint(self.prior_body_pose.shape[0], (num,), generator=noise).to(dev)
+        pose, orient = self.prior_body_pose[idx], self.prior_global_orient[idx]
+        if hard:
+            z = torch.randn(num, self.config.sampler.noise_dim, generator=noise).to(dev)
+            return self.generator(pose, orient, z)
+        return PoseCameraSample(body_pose=pose, global_orient=orient, camera=self.ranges.sample_uniform(num, noise).to(dev))
+
+    def render_and_score(self, sample: PoseCameraSample) -> SampleBatch:
+        """Render samples with the field and score them with the critic (differentiable)."""
+        B = sample.body_pose.shape[0]
+        betas = self.model.betas[None].expand(B, -1)
+        K, R, t = self._cameras(sample, betas)
+        transl = torch.zeros(B, 3, device=K.device)
+        H, W = self.image_hw
+        out = self.model.render(sample.body_pose, sample.global_orient, transl, K, R, t, W, H, betas=betas)
+        j2d_h36m, j_h36m_cam = project_points(out.body.joints_h36m, K, R, t)
+        j2d_smpl, j_smpl_cam = project_points(out.body.joints, K, R, t)
+        from adapters.crop import boxes_from_joints
+
+        boxes = boxes_from_joints(j2d_smpl.detach(), scale=1.2)
+        pred = self.critic(out.rgb.permute(0, 3, 1, 2), boxes)
+        gt = self._gt_for_critic(j_h36m_cam, j_smpl_cam)
+        err = mpjpe(pred, gt, root=None)
+        return SampleBatch(
+            body_pose=sample.body_pose, global_orient=sample.global_orient, transl=transl, betas=betas, K=K, R=R, t=t,
+            images=out.rgb, alpha=out.alpha, joints_h36m_cam=j_h36m_cam, joints_smpl_cam=j_smpl_cam,
+            joints_h36m_2d=j2d_h36m, joints_smpl_2d=j2d_smpl, boxes=boxes, pred_joints=pred, error=err,
+        )
+
+    def _gt_for_critic(self, j_h36m_cam: torch.Tensor, j_smpl_cam: torch.Tensor) -> torch.Tensor:
+        """Root-relative ground truth in the critic's joint set."""
+        from posegen_ns.body.joint_sets import H36M_TO_LSP14
+
+        js = self.critic.joint_set
+        if js == "h36m17":
+            return j_h36m_cam - j_h36m_cam[:, :1]
+        if js == "smpl24":
+            return j_smpl_cam - j_smpl_cam[:, :1]
+        lsp = j_h36m_cam[:, list(H36M_TO_LSP14)]
+        return lsp - 0.5 * (lsp[:, 2:3] + lsp[:, 3:4])
+
+    # ------------------------------------------------------------------ training
+    def _set_phase(self, loop: bool) -> None:
+        for p in self.model.field.parameters():
+            p.requires_grad_(not loop)
+
+    def get_train_loss_dict(self, step: int):
+        if step < self.config.field_steps:
+            self._set_phase(loop=False)
+            cameras, batch = self.datamanager.next_train(step)
+            outputs = self.model.render_batch(batch)
+            metrics = self.model.get_metrics_dict(outputs, batch)
+            return outputs, self.model.get_loss_dict(outputs, batch, metrics), metrics
+        self._set_phase(loop=True)
+        return self._loop_step()
+
+    def _loop_step(self):
+        cfg = self.config.sampler
+        with torch.no_grad():  # running reference: the critic's error on prior samples
+            prior_err = self.render_and_score(self.draw(cfg.batch_size, hard=False)).error.mean()
+            if not self.loop_started:
+                self.reference_error.copy_(prior_err)
+            else:
+                self.reference_error.mul_(cfg.reference_momentum).add_((1 - cfg.reference_momentum) * prior_err)
+        sample = self.draw(cfg.batch_size, hard=True)
+        scored = self.render_and_score(sample)
+        # generator's adversarial term through a detached copy of the discriminator's weights
+        d_params = {k: v.detach() for k, v in self.discriminator.named_parameters()}
+        fake_logits = torch.func.functional_call(self.discriminator, d_params, (sample.body_pose,))
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        real_idx = torch.randint(self.prior_body_pose.shape[0], (cfg.batch_size * 4,), generator=self.noise)
+        real_logits = self.discriminator(self.prior_body_pose[real_idx.to(self.prior_body_pose.device)])
+        fake_d = self.discriminator(sample.body_pose.detach())
+        losses = {
+            "hardness": cfg.hardness_weight * bounded_hardness_loss(scored.error, self.reference_error, cfg.target_ratio),
+            "adversarial": cfg.adversarial_weight * bce(fake_logits, torch.ones_like(fake_logits)),
+            "joint_limits": cfg.limit_weight * joint_limit_penalty(sample.body_pose).mean(),
+            "pose_residual": cfg.residual_weight * sample.residual.pow(2).sum(-1).mean(),
+            "discriminator": bce(real_logits, torch.ones_like(real_logits)) + bce(fake_d, torch.zeros_like(fake_d)),
+        }
+        metrics = {
+            "critic_mpjpe_hard_mm": scored.error.mean().detach() * 1000,
+            "critic_mpjpe_prior_mm": self.reference_error * 1000,
+            "hardness_ratio": scored.error.mean().detach() / self.reference_error,
+        }
+        return {"rgb": scored.images}, losses, metrics
+
+    # ------------------------------------------------------------------ evaluation and reports
+    @torch.no_grad()
+    def heldout_psnr(self) -> Dict[str, float]:
+        """Mean PSNR / SSIM of the field over every held-out (frame, camera) image."""
+        dm = self.datamanager
+        cap = dm.eval_capture
+        frames = torch.arange(cap.num_frames).repeat_interleave(cap.num_cameras)
+        cams = torch.arange(cap.num_cameras).repeat(cap.num_frames)
+        values, ssims = [], []
+        for chunk in torch.split(torch.arange(len(frames)), 8):
+            _, batch = dm.capture_batch(cap, frames[chunk], cams[chunk])
+            out = self.model.render_batch(batch)
+            for i in range(len(chunk)):
+                values.append(float(psnr(out["rgb"][i], batch["image"][i])))
+            ssims.append(float(self.model.ssim(out["rgb"].permute(0, 3, 1, 2), batch["image"].permute(0, 3, 1, 2))) * len(chunk))
+        return {"psnr": sum(values) / len(values), "ssim": sum(ssims) / len(values), "num_images": len(values)}
+
+    def get_average_eval_image_metrics(self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False):
+        self.eval()
+        metrics = self.heldout_psnr()
+        self.train()
+        return metrics
+
+    @torch.no_grad()
+    def hardness_report(self, num: Optional[int] = None, seed: int = 1234) -> Dict[str, float]:
+        """Critic MPJPE (mm) on ``num`` hard samples and ``num`` prior samples, and their ratio."""
+        num = num or self.config.report_samples
+        gen = torch.Generator().manual_seed(seed)
+        errs = {}
+        for kind, hard in (("hard", True), ("prior", False)):
+            e = [self.render_and_score(self.draw(min(8, num - i), hard=hard, noise=gen)).error for i in range(0, num, 8)]
+            errs[kind] = float(torch.cat(e).mean()) * 1000
+        return {"mpjpe_hard_mm": errs["hard"], "mpjpe_prior_mm": errs["prior"], "hardness_ratio": errs["hard"] / errs["prior"]}
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        trainer = training_callback_attributes.trainer
+        base_dir = Path(trainer.base_dir) if trainer is not None else None
+        last = (trainer.config.max_num_iterations - 1) if trainer is not None else None
+
+        def report(step: int) -> None:
+            if step == self.config.field_steps - 1 or step == last:
+                self._report(step, base_dir, final=step == last)
+
+        return [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], report, update_every_num_iters=1)]
+
+    def _report(self, step: int, base_dir: Optional[Path], final: bool) -> None:
+        self.eval()
+        started = time.time()
+        if "psnr" not in self.report or step == self.config.field_steps - 1:
+            self.report.update({f"heldout_{k}": v for k, v in self.heldout_psnr().items()})
+        if final and step >= self.config.field_steps:
+            self.report.update(self.hardness_report())
+        self.report["step"] = step
+        self.train()
+        table = Table(title=f"posegen-human, step {step + 1}")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        names = {
+            "heldout_psnr": "field PSNR on held-out frames (dB)", "heldout_ssim": "field SSIM on held-out frames",
+            "mpjpe_hard_mm": "critic MPJPE on hard samples (mm)", "mpjpe_prior_mm": "critic MPJPE on prior samples (mm)",
+            "hardness_ratio": "hardness ratio (hard / prior)",
+        }
+        for key, label in names.items():
+            if key in self.report:
+                table.add_row(label, f"{self.report[key]:.3f}" if "ratio" in key or "ssim" in key else f"{self.report[key]:.1f}")
+        CONSOLE.print(table)
+        CONSOLE.log(f"report computed in {time.time() - started:.1f} s")
+        if base_dir is not None:
+            base_dir.mkdir(parents=True, exist_ok=True)
+            (base_dir / "posegen_report.json").write_text(json.dumps(self.report, indent=2))

@@ -1,0 +1,93 @@
+"""Generator over (body pose, global orientation, camera).
+
+Like PoseAug (Gong et al., CVPR 2021) it augments real poses rather than generating from noise
+alone: given a real mocap pose and noise it outputs a bounded per-joint rotation residual
+(``max_residual * tanh``, radians, axis-angle composed on the right of each joint's rotation) and a
+camera (azimuth about the body's facing direction, elevation, distance, roll, focal scale), each
+squashed by a sigmoid into :class:`CameraRanges`. Everything is differentiable, so the critic's error
+on the rendered image back-propagates into the generator through the renderer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from posegen_ns.geometry import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rot6d
+
+
+@dataclass
+class CameraRanges:
+    """Ranges of the camera distribution (radians, metres). Azimuth 0 is in front of the body."""
+
+    azimuth: tuple[float, float] = (-math.pi, math.pi)
+    elevation: tuple[float, float] = (-0.25, 0.6)
+    distance: tuple[float, float] = (2.4, 3.6)
+    roll: tuple[float, float] = (-0.3, 0.3)
+    focal_scale: tuple[float, float] = (0.85, 1.15)
+
+    def names(self) -> tuple[str, ...]:
+        return ("azimuth", "elevation", "distance", "roll", "focal_scale")
+
+    def bounds(self) -> Tensor:
+        """``(5, 2)`` lower/upper bounds in :meth:`names` order."""
+        return torch.tensor([getattr(self, n) for n in self.names()], dtype=torch.float32)
+
+    def sample_uniform(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``(n, 5)`` cameras drawn uniformly from the ranges (the prior's camera distribution)."""
+        b = self.bounds()
+        return b[:, 0] + (b[:, 1] - b[:, 0]) * torch.rand(n, 5, generator=generator)
+
+
+@dataclass
+class PoseCameraSample:
+    """A batch of (pose, camera) samples. B samples."""
+
+    body_pose: Tensor  # (B, 69) axis-angle radians
+    global_orient: Tensor  # (B, 3) axis-angle radians, world frame (y-up)
+    camera: Tensor  # (B, 5) azimuth, elevation, distance, roll, focal_scale (see CameraRanges)
+    residual: Tensor | None = None  # (B, 24, 3) rotation residual the generator applied (root first), radians
+
+
+class HardPoseGenerator(nn.Module):
+    """MLP ``(real pose in 6D, noise) -> (bounded pose residual, camera)``.
+
+    Args:
+        noise_dim: size of the Gaussian noise input.
+        hidden: width of the hidden layers.
+        max_residual: bound on each joint's residual rotation components, radians.
+        ranges: camera ranges.
+    """
+
+    def __init__(self, noise_dim: int = 32, hidden: int = 256, max_residual: float = 0.6, ranges: CameraRanges | None = None):
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.max_residual = max_residual
+        self.ranges = ranges or CameraRanges()
+        self.register_buffer("bounds", self.ranges.bounds())
+        in_dim = 24 * 6 + noise_dim
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden), nn.LeakyReLU(0.2)
+        )
+        self.pose_head = nn.Linear(hidden, 24 * 3)
+        self.camera_head = nn.Linear(hidden, 5)
+        nn.init.zeros_(self.pose_head.weight)
+        nn.init.zeros_(self.pose_head.bias)
+        nn.init.normal_(self.camera_head.weight, std=0.5)
+
+    def forward(self, body_pose: Tensor, global_orient: Tensor, noise: Tensor) -> PoseCameraSample:
+        """Args: real ``body_pose (B, 69)``, ``global_orient (B, 3)``, ``noise (B, noise_dim)``."""
+        B = body_pose.shape[0]
+        full = torch.cat([global_orient, body_pose], -1).reshape(B, 24, 3)
+        rot = axis_angle_to_matrix(full)  # (B, 24, 3, 3)
+        h = self.net(torch.cat([matrix_to_rot6d(rot).reshape(B, -1), noise], -1))
+        residual = self.max_residual * torch.tanh(self.pose_head(h)).reshape(B, 24, 3)
+        residual = residual * torch.tensor([0.3] + [1.0] * 23, device=h.device)[None, :, None]  # small root tilt
+        new_rot = rot @ axis_angle_to_matrix(residual)
+        new = matrix_to_axis_angle(new_rot).reshape(B, 72)
+        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+        camera = lo + (hi - lo) * torch.sigmoid(self.camera_head(h))
+        return PoseCameraSample(body_pose=new[:, 3:], global_orient=new[:, :3], camera=camera, residual=residual)

@@ -1,0 +1,70 @@
+"""Sampler pieces: bounded hardness loss, joint limits, generator bounds, discriminator learning."""
+
+import math
+
+import torch
+
+from posegen_ns.sampler import CameraRanges, HardPoseGenerator, PartDiscriminator, bounded_hardness_loss, joint_limit_penalty
+
+
+def test_bounded_hardness_loss_is_zero_at_target_and_bounded():
+    ref = torch.tensor(0.1)
+    assert bounded_hardness_loss(torch.tensor([0.2]), ref, target_ratio=2.0).item() < 1e-7
+    # hand-computed: r = 1 -> 1 - exp(-(log 2)^2)
+    expected = 1 - math.exp(-math.log(2.0) ** 2)
+    assert abs(bounded_hardness_loss(torch.tensor([0.1]), ref, 2.0).item() - expected) < 1e-6
+    huge = bounded_hardness_loss(torch.tensor([1e6, 1e-6]), ref, 2.0)
+    assert 0.0 <= huge.item() <= 1.0  # bounded even for absurd errors
+    # past the target the gradient pushes the error back down (no run-away)
+    e = torch.tensor([0.5], requires_grad=True)
+    bounded_hardness_loss(e, ref, 2.0).backward()
+    assert e.grad.item() > 0
+    e = torch.tensor([0.12], requires_grad=True)
+    bounded_hardness_loss(e, ref, 2.0).backward()
+    assert e.grad.item() < 0
+
+
+def test_joint_limit_penalty_hand_cases():
+    pose = torch.zeros(3, 69)
+    pose[1, (4 - 1) * 3 + 0] = 1.0  # left knee flexed the right way: no penalty
+    pose[2, (4 - 1) * 3 + 0] = -0.6  # hyper-extended by 0.6 rad: (0.6 - 0.1)^2
+    pen = joint_limit_penalty(pose, margin=0.1)
+    assert pen[0] == 0 and pen[1] == 0
+    assert abs(pen[2].item() - 0.25) < 1e-6
+
+
+def test_generator_respects_camera_ranges_and_residual_bound():
+    torch.manual_seed(0)
+    ranges = CameraRanges()
+    g = HardPoseGenerator(max_residual=0.3, ranges=ranges)
+    torch.nn.init.normal_(g.pose_head.weight, std=10.0)  # saturate the tanh
+    s = g(torch.zeros(16, 69), torch.zeros(16, 3), torch.randn(16, g.noise_dim) * 10)
+    b = ranges.bounds()
+    assert ((s.camera >= b[:, 0]) & (s.camera <= b[:, 1])).all()
+    assert s.residual.abs().max() <= 0.3 + 1e-6
+    assert s.body_pose.shape == (16, 69) and s.global_orient.shape == (16, 3)
+    # gradients reach the generator from the camera and the pose
+    (s.camera.sum() + s.body_pose.sum()).backward()
+    assert g.camera_head.weight.grad.abs().sum() > 0 and g.pose_head.weight.grad.abs().sum() > 0
+
+
+def test_discriminator_learns_real_poses_over_noise():
+    torch.manual_seed(0)
+    real = 0.15 * torch.randn(256, 69)
+    real[:, (4 - 1) * 3] = 0.8 + 0.1 * torch.randn(256)  # "real" poses: knees bent
+    d = PartDiscriminator(hidden=32)
+    opt = torch.optim.Adam(d.parameters(), lr=3e-3)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    for _ in range(150):
+        fake = 1.2 * torch.randn(64, 69)
+        lr_, lf = d(real[torch.randint(256, (64,))]), d(fake)
+        loss = bce(lr_, torch.ones_like(lr_)) + bce(lf, torch.zeros_like(lf))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        p_real = torch.sigmoid(d(0.15 * torch.randn(128, 69) + real[:128] * 0)).mean()
+        held = real[:128].clone()
+        p_real = torch.sigmoid(d(held)).mean()
+        p_fake = torch.sigmoid(d(1.2 * torch.randn(128, 69))).mean()
+    assert p_real > 0.8 and p_fake < 0.2
