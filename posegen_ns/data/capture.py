@@ -1,0 +1,478 @@
+"""The native multi-camera capture format and its in-memory form, :class:`Capture`.
+
+A capture is T frames of one person seen by C fixed, calibrated cameras, with the person's SMPL
+parameters per frame. On disk (``DIR/``)::
+
+    capture.json        {"version": 1, "body": "open", "width": W, "height": H,
+                         "cameras": [{"name": "cam00", "K": 3x3, "R": 3x3, "t": [3]}, ...],
+                         "frames": [{"clip": "07_05_slow_walk", "frame": 16, "split": "train"}, ...],
+                         "betas": [nb]}
+    body_params.npz     global_orient (T, 3), body_pose (T, 69), transl (T, 3), betas (nb,)  float32
+    images/<cam>/<i:06d>.png   RGB, H x W, i = frame index in the capture (0 .. T-1)
+    masks/<cam>/<i:06d>.png    8-bit, person > 127
+
+Conventions: cameras are OpenCV (x right, y down, z forward), ``K`` in pixels, ``R, t`` map world to
+camera (``x_cam = R x_world + t``), metres; the world is y-up. Body parameters are SMPL axis-angle
+(radians) for the body named by ``body`` (a body source name such as ``"open"`` or an SMPL file path),
+so ``body(body_pose, global_orient, betas, transl)`` gives the person in world coordinates.
+
+:func:`write_capture` writes into a temporary sibling folder and renames it into place at the end,
+so a capture on disk is never half written. :func:`read_capture` validates everything it reads and
+raises :class:`~posegen_ns.errors.PoseGenInputError` naming the file, the field and the fix; it reads
+ZJU-MoCap folders (``annots.npy``) through :func:`posegen_ns.data.zju.read_zju`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from posegen_ns.errors import PoseGenInputError
+
+CAPTURE_VERSION = 1
+SPLITS = ("train", "heldout")
+_BODY_PARAM_KEYS = ("global_orient", "body_pose", "transl")
+_IO_THREADS = 4
+
+
+@dataclass
+class Capture:
+    """One person, T frames, C calibrated cameras (see the module docstring for conventions).
+
+    Attributes:
+        images: ``(T, C, H, W, 3)`` uint8 RGB.
+        masks: ``(T, C, H, W)`` bool, True on the person.
+        K: ``(C, 3, 3)`` float32 intrinsics, pixels.
+        R: ``(C, 3, 3)`` float32 world-to-camera rotations (OpenCV).
+        t: ``(C, 3)`` float32 world-to-camera translations, metres.
+        global_orient: ``(T, 3)`` float32 axis-angle, radians.
+        body_pose: ``(T, 69)`` float32 axis-angle of joints 1..23, radians.
+        transl: ``(T, 3)`` float32 metres.
+        betas: ``(nb,)`` float32 shape coefficients (one subject, constant over frames).
+        clip_names: T clip names (the motion each frame comes from).
+        frame_ids: ``(T,)`` long, frame index within its clip.
+        split: T entries in ``{"train", "heldout"}``.
+        body: body source name (``"open"``, ``"tiny"``) or SMPL file path the parameters are for.
+        camera_names: C names (folder names under ``images/`` and ``masks/``).
+        root: the folder the capture was read from, if any.
+    """
+
+    images: Tensor
+    masks: Tensor
+    K: Tensor
+    R: Tensor
+    t: Tensor
+    global_orient: Tensor
+    body_pose: Tensor
+    transl: Tensor
+    betas: Tensor
+    clip_names: list[str]
+    frame_ids: Tensor
+    split: list[str]
+    body: str
+    camera_names: list[str]
+    root: Path | None = field(default=None)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_cameras(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.images.shape[2])
+
+    @property
+    def width(self) -> int:
+        return int(self.images.shape[3])
+
+    def select(self, frame_indices: Sequence[int] | Tensor) -> "Capture":
+        """A capture with only the given frames (same cameras), in the given order."""
+        idx = torch.as_tensor(frame_indices, dtype=torch.long).reshape(-1)
+        keep = idx.tolist()
+        return replace(
+            self,
+            images=self.images[idx], masks=self.masks[idx],
+            global_orient=self.global_orient[idx], body_pose=self.body_pose[idx], transl=self.transl[idx],
+            clip_names=[self.clip_names[i] for i in keep], frame_ids=self.frame_ids[idx],
+            split=[self.split[i] for i in keep],
+        )
+
+    def subset(self, split: str) -> "Capture":
+        """The frames of one split (``"train"`` or ``"heldout"``).
+
+        Raises:
+            PoseGenInputError: unknown split name.
+        """
+        if split not in SPLITS:
+            raise PoseGenInputError(f"Capture.subset: split {split!r} is not one of {SPLITS}.")
+        return self.select([i for i, s in enumerate(self.split) if s == split])
+
+    def validate(self, source: str = "capture") -> None:
+        """Check shapes, dtypes, finiteness and camera matrices.
+
+        Raises:
+            PoseGenInputError: naming ``source`` and the offending field.
+        """
+        T, C = self.images.shape[:2] if self.images.ndim == 5 else (None, None)
+        if self.images.ndim != 5 or self.images.shape[-1] != 3 or self.images.dtype != torch.uint8:
+            raise PoseGenInputError(
+                f"{source}: images must be a (T, C, H, W, 3) uint8 tensor; got {tuple(self.images.shape)} "
+                f"{self.images.dtype}."
+            )
+        H, W = self.images.shape[2:4]
+        if tuple(self.masks.shape) != (T, C, H, W) or self.masks.dtype != torch.bool:
+            raise PoseGenInputError(
+                f"{source}: masks must be ({T}, {C}, {H}, {W}) bool; got {tuple(self.masks.shape)} {self.masks.dtype}."
+            )
+        for name, shape in (("K", (C, 3, 3)), ("R", (C, 3, 3)), ("t", (C, 3))):
+            value = getattr(self, name)
+            if tuple(value.shape) != shape:
+                raise PoseGenInputError(f"{source}: camera field '{name}' has shape {tuple(value.shape)}, expected {shape}.")
+        check_cameras(self.K, self.R, self.t, self.camera_names, source)
+        for name, width in (("global_orient", 3), ("body_pose", 69), ("transl", 3)):
+            value = getattr(self, name)
+            if tuple(value.shape) != (T, width):
+                raise PoseGenInputError(
+                    f"{source}: body parameter '{name}' has shape {tuple(value.shape)}, expected ({T}, {width}) "
+                    f"(one row per frame; the capture has {T} frames)."
+                )
+            check_finite_rows(value, name, source)
+        if self.betas.ndim != 1:
+            raise PoseGenInputError(f"{source}: 'betas' must be (nb,), got {tuple(self.betas.shape)}.")
+        check_finite_rows(self.betas[None], "betas", source)
+        if len(self.clip_names) != T or len(self.split) != T or tuple(self.frame_ids.shape) != (T,):
+            raise PoseGenInputError(
+                f"{source}: clip_names ({len(self.clip_names)}), split ({len(self.split)}) and frame_ids "
+                f"({tuple(self.frame_ids.shape)}) must each have one entry per frame ({T})."
+            )
+        bad = sorted({s for s in self.split if s not in SPLITS})
+        if bad:
+            raise PoseGenInputError(f"{source}: split values {bad} are not in {SPLITS}.")
+        if len(self.camera_names) != C or len(set(self.camera_names)) != C:
+            raise PoseGenInputError(f"{source}: need {C} distinct camera names, got {self.camera_names}.")
+        for name in self.camera_names:
+            if not name or "/" in name or "\\" in name or name.startswith("."):
+                raise PoseGenInputError(f"{source}: camera name {name!r} is not usable as a folder name.")
+
+
+# ---- validation helpers ---------------------------------------------------------------------------
+
+def check_finite_rows(value: Tensor, name: str, source: str) -> None:
+    """Raise if ``value (T, ...)`` holds NaN/inf, naming the first bad rows (frames)."""
+    finite = torch.isfinite(value.reshape(value.shape[0], -1)).all(-1)
+    if not bool(finite.all()):
+        rows = (~finite).nonzero().flatten().tolist()
+        raise PoseGenInputError(
+            f"{source}: field '{name}' contains NaN or inf at frame(s) {rows[:10]}"
+            f"{' ...' if len(rows) > 10 else ''}; fix or drop those frames."
+        )
+
+
+def check_cameras(K: Tensor, R: Tensor, t: Tensor, names: Sequence[str], source: str) -> None:
+    """Validate OpenCV cameras: ``K (C, 3, 3)`` upper-triangular with positive focals and last row
+    ``[0, 0, 1]``; ``R (C, 3, 3)`` a rotation (orthonormal, det +1); ``t (C, 3)`` finite.
+
+    Raises:
+        PoseGenInputError: naming ``source``, the camera and the matrix.
+    """
+    for c in range(K.shape[0]):
+        cam = names[c] if c < len(names) else str(c)
+        k, r, tc = K[c].double(), R[c].double(), t[c].double()
+        if not (torch.isfinite(k).all() and torch.isfinite(r).all() and torch.isfinite(tc).all()):
+            raise PoseGenInputError(f"{source}: camera '{cam}' has NaN or inf in K, R or t.")
+        if not torch.allclose(k[2], torch.tensor([0.0, 0.0, 1.0], dtype=k.dtype), atol=1e-6) or k[1, 0] != 0:
+            raise PoseGenInputError(
+                f"{source}: camera '{cam}' K must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]]; got {k.tolist()}."
+            )
+        if k[0, 0] <= 0 or k[1, 1] <= 0:
+            raise PoseGenInputError(f"{source}: camera '{cam}' K has non-positive focal lengths ({k[0, 0]:.4g}, {k[1, 1]:.4g}).")
+        ortho_err = (r @ r.T - torch.eye(3, dtype=r.dtype)).abs().max().item()
+        if ortho_err > 1e-4 or torch.det(r).item() < 0:
+            raise PoseGenInputError(
+                f"{source}: camera '{cam}' R is not a rotation (|R R^T - I| = {ortho_err:.2e}, det = "
+                f"{torch.det(r).item():.4f}); R must be the orthonormal world-to-camera rotation with det +1."
+            )
+
+
+# ---- image I/O ------------------------------------------------------------------------------------
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    """Write an ``(H, W, 3)`` RGB or ``(H, W)`` uint8 image as PNG (fast compression)."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), array, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+        raise OSError(f"could not write {path}")
+
+
+def read_image(path: Path, grayscale: bool = False) -> np.ndarray:
+    """Read an image as ``(H, W, 3)`` RGB uint8, or ``(H, W)`` uint8 when ``grayscale``.
+
+    Raises:
+        PoseGenInputError: the file is missing or not a readable image.
+    """
+    if not path.is_file():
+        raise PoseGenInputError(f"Image file {path} does not exist; the capture lists it, so add it or fix the capture.")
+    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise PoseGenInputError(f"Image file {path} is not a readable image.")
+    if array.dtype != np.uint8:
+        array = (array / (np.iinfo(array.dtype).max / 255.0)).round().astype(np.uint8) if array.dtype.kind == "u" else array.astype(np.uint8)
+    if grayscale:
+        return array if array.ndim == 2 else array[..., 0]
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=-1)
+    code = cv2.COLOR_BGRA2RGB if array.shape[-1] == 4 else cv2.COLOR_BGR2RGB
+    return cv2.cvtColor(array, code)
+
+
+def _frame_file(root: Path, kind: str, cam: str, index: int) -> Path:
+    return root / kind / cam / f"{index:06d}.png"
+
+
+# ---- writing --------------------------------------------------------------------------------------
+
+def capture_json(capture: Capture) -> dict[str, Any]:
+    """The ``capture.json`` content for ``capture``."""
+    return {
+        "version": CAPTURE_VERSION,
+        "body": capture.body,
+        "width": capture.width,
+        "height": capture.height,
+        "cameras": [
+            {"name": n, "K": capture.K[c].tolist(), "R": capture.R[c].tolist(), "t": capture.t[c].tolist()}
+            for c, n in enumerate(capture.camera_names)
+        ],
+        "frames": [
+            {"clip": clip, "frame": int(fid), "split": s}
+            for clip, fid, s in zip(capture.clip_names, capture.frame_ids.tolist(), capture.split)
+        ],
+        "betas": capture.betas.tolist(),
+    }
+
+
+def write_capture(capture: Capture, output_dir: Path | str, overwrite: bool = False) -> Path:
+    """Write ``capture`` in the native format (module docstring) to ``output_dir``, atomically.
+
+    Files go to a temporary sibling folder ``.<name>.tmp-<id>`` that is renamed to ``output_dir`` at
+    the end; on any error it is removed and nothing appears at ``output_dir``.
+
+    Args:
+        capture: the capture (validated first).
+        output_dir: destination folder.
+        overwrite: replace an existing ``output_dir`` (it stays intact until the new one is complete).
+
+    Returns:
+        ``output_dir`` as a Path.
+
+    Raises:
+        PoseGenInputError: ``output_dir`` exists and ``overwrite`` is False, or the capture is invalid.
+    """
+    out = Path(output_dir).expanduser()
+    capture.validate(source=f"capture to write to {out}")
+    if out.exists() and not overwrite:
+        raise PoseGenInputError(f"Output folder {out} already exists; pass overwrite=True (--overwrite) or choose another folder.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        images = capture.images.cpu().numpy()
+        masks = capture.masks.cpu().numpy().astype(np.uint8) * 255
+        jobs = []
+        for c, cam in enumerate(capture.camera_names):
+            (tmp / "images" / cam).mkdir(parents=True)
+            (tmp / "masks" / cam).mkdir(parents=True)
+            for i in range(capture.num_frames):
+                jobs.append((_frame_file(tmp, "images", cam, i), images[i, c]))
+                jobs.append((_frame_file(tmp, "masks", cam, i), masks[i, c]))
+        with ThreadPoolExecutor(_IO_THREADS) as pool:
+            for _ in pool.map(lambda job: _write_png(*job), jobs):
+                pass
+        np.savez(
+            tmp / "body_params.npz",
+            **{k: getattr(capture, k).detach().cpu().numpy().astype(np.float32) for k in (*_BODY_PARAM_KEYS, "betas")},
+        )
+        (tmp / "capture.json").write_text(json.dumps(capture_json(capture), indent=1))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---- reading --------------------------------------------------------------------------------------
+
+def read_capture(capture_dir: Path | str, body: Any = None, **zju_options: Any) -> Capture:
+    """Read a capture folder: the native format, or ZJU-MoCap when the folder holds ``annots.npy``.
+
+    Args:
+        capture_dir: the folder.
+        body: only for ZJU-MoCap folders: the :class:`~posegen_ns.body.BodyModel` (or source name /
+            SMPL path) the parameters are converted for (see :func:`posegen_ns.data.zju.read_zju`).
+        **zju_options: passed to :func:`~posegen_ns.data.zju.read_zju` (camera/frame selection,
+            downscaling).
+
+    Raises:
+        PoseGenInputError: a missing file, a missing or inconsistent field (the message names the file,
+            the field, the numbers involved and the fix).
+    """
+    root = Path(capture_dir).expanduser()
+    if not root.is_dir():
+        raise PoseGenInputError(f"Capture folder {root} does not exist; pass a folder with capture.json (or ZJU-MoCap's annots.npy).")
+    if (root / "annots.npy").is_file() and not (root / "capture.json").is_file():
+        from posegen_ns.data.zju import read_zju
+
+        if body is None:
+            raise PoseGenInputError(
+                f"{root} is a ZJU-MoCap folder (annots.npy); its SMPL parameters must be converted for a body "
+                "model: pass body=PATH to the SMPL model they were fitted with (SMPL neutral)."
+            )
+        return read_zju(root, body, **zju_options)
+    if zju_options:
+        raise PoseGenInputError(f"Options {sorted(zju_options)} only apply to ZJU-MoCap folders; {root} is a native capture.")
+    meta = _read_capture_json(root)
+    cam_names = [c["name"] for c in meta["cameras"]]
+    W, H = meta["width"], meta["height"]
+    T, C = len(meta["frames"]), len(cam_names)
+    params = _read_body_params(root, T, meta)
+
+    def load(job: tuple[str, int, int]) -> np.ndarray:
+        kind, c, i = job
+        path = _frame_file(root, kind, cam_names[c], i)
+        array = read_image(path, grayscale=(kind == "masks"))
+        if array.shape[:2] != (H, W):
+            raise PoseGenInputError(
+                f"{path} is {array.shape[1]}x{array.shape[0]} (W x H) but {root / 'capture.json'} says "
+                f"width {W}, height {H}; resize the images or fix 'width'/'height'."
+            )
+        return array
+
+    images = np.zeros((T, C, H, W, 3), dtype=np.uint8)
+    masks = np.zeros((T, C, H, W), dtype=bool)
+    jobs = [(kind, c, i) for c in range(C) for i in range(T) for kind in ("images", "masks")]
+    with ThreadPoolExecutor(_IO_THREADS) as pool:
+        for (kind, c, i), array in zip(jobs, pool.map(load, jobs)):
+            if kind == "images":
+                images[i, c] = array
+            else:
+                masks[i, c] = array > 127
+    cams = meta["cameras"]
+    capture = Capture(
+        images=torch.from_numpy(images),
+        masks=torch.from_numpy(masks),
+        K=torch.tensor([c["K"] for c in cams], dtype=torch.float32),
+        R=torch.tensor([c["R"] for c in cams], dtype=torch.float32),
+        t=torch.tensor([c["t"] for c in cams], dtype=torch.float32),
+        global_orient=params["global_orient"],
+        body_pose=params["body_pose"],
+        transl=params["transl"],
+        betas=params["betas"],
+        clip_names=[str(f["clip"]) for f in meta["frames"]],
+        frame_ids=torch.tensor([int(f["frame"]) for f in meta["frames"]], dtype=torch.long),
+        split=[str(f["split"]) for f in meta["frames"]],
+        body=str(meta["body"]),
+        camera_names=cam_names,
+        root=root,
+    )
+    capture.validate(source=str(root))
+    return capture
+
+
+def _read_capture_json(root: Path) -> dict[str, Any]:
+    path = root / "capture.json"
+    if not path.is_file():
+        raise PoseGenInputError(
+            f"{path} does not exist; a native capture folder needs capture.json, body_params.npz, images/ "
+            "and masks/ (write one with posegen_ns.data.write_capture or ns-posegen-capture)."
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PoseGenInputError(f"{path} is not valid JSON ({exc}).") from exc
+    if not isinstance(meta, dict):
+        raise PoseGenInputError(f"{path} must hold a JSON object.")
+    for key in ("version", "body", "width", "height", "cameras", "frames"):
+        if key not in meta:
+            raise PoseGenInputError(f"{path} lacks the field '{key}'.")
+    if meta["version"] != CAPTURE_VERSION:
+        raise PoseGenInputError(f"{path}: field 'version' is {meta['version']!r}; this reader knows version {CAPTURE_VERSION}.")
+    for key in ("width", "height"):
+        if not isinstance(meta[key], int) or meta[key] <= 0:
+            raise PoseGenInputError(f"{path}: field '{key}' must be a positive integer, got {meta[key]!r}.")
+    if not isinstance(meta["cameras"], list) or not meta["cameras"]:
+        raise PoseGenInputError(f"{path}: field 'cameras' must be a non-empty list.")
+    for c, cam in enumerate(meta["cameras"]):
+        for key, shape in (("name", None), ("K", (3, 3)), ("R", (3, 3)), ("t", (3,))):
+            if key not in cam:
+                raise PoseGenInputError(f"{path}: cameras[{c}] lacks the field '{key}'.")
+            if shape is not None:
+                try:
+                    arr = np.asarray(cam[key], dtype=np.float64)
+                except (TypeError, ValueError) as exc:
+                    raise PoseGenInputError(f"{path}: cameras[{c}].{key} is not numeric ({exc}).") from exc
+                if arr.shape != shape:
+                    raise PoseGenInputError(f"{path}: cameras[{c}].{key} has shape {arr.shape}, expected {shape}.")
+    if not isinstance(meta["frames"], list) or not meta["frames"]:
+        raise PoseGenInputError(f"{path}: field 'frames' must be a non-empty list.")
+    for i, frame in enumerate(meta["frames"]):
+        for key in ("clip", "frame", "split"):
+            if key not in frame:
+                raise PoseGenInputError(f"{path}: frames[{i}] lacks the field '{key}'.")
+        if frame["split"] not in SPLITS:
+            raise PoseGenInputError(f"{path}: frames[{i}].split is {frame['split']!r}; use one of {SPLITS}.")
+    return meta
+
+
+def _read_body_params(root: Path, num_frames: int, meta: dict[str, Any]) -> dict[str, Tensor]:
+    path = root / "body_params.npz"
+    if not path.is_file():
+        raise PoseGenInputError(f"{path} does not exist; it must hold global_orient (T, 3), body_pose (T, 69), transl (T, 3), betas (nb,).")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:  # noqa: BLE001 - any failure means an unreadable file
+        raise PoseGenInputError(f"{path} is not a readable .npz ({exc}).") from exc
+    out: dict[str, Tensor] = {}
+    for key, width in (("global_orient", 3), ("body_pose", 69), ("transl", 3)):
+        if key not in arrays:
+            raise PoseGenInputError(f"{path} lacks the field '{key}' ({num_frames}, {width}).")
+        value = arrays[key]
+        if value.ndim != 2 or value.shape[1] != width:
+            raise PoseGenInputError(f"{path}: field '{key}' has shape {value.shape}, expected (T, {width}).")
+        if value.shape[0] != num_frames:
+            raise PoseGenInputError(
+                f"{path} has {value.shape[0]} frames (field '{key}') but {root / 'capture.json'} lists "
+                f"{num_frames} frames; the two files must describe the same frames (rewrite one of them)."
+            )
+        out[key] = torch.from_numpy(value.astype(np.float32))
+        check_finite_rows(out[key], key, str(path))
+    betas = arrays.get("betas", np.asarray(meta.get("betas", []), dtype=np.float32))
+    if betas.ndim != 1:
+        raise PoseGenInputError(f"{path}: field 'betas' has shape {betas.shape}, expected (nb,).")
+    if "betas" in meta and len(meta["betas"]) != len(betas):
+        raise PoseGenInputError(
+            f"{path} has {len(betas)} betas but {root / 'capture.json'} has {len(meta['betas'])}; make them agree."
+        )
+    out["betas"] = torch.from_numpy(betas.astype(np.float32))
+    check_finite_rows(out["betas"][None], "betas", str(path))
+    return out
