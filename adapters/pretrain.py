@@ -1,0 +1,257 @@
+"""Pre-training of the project's default critic (an :class:`~adapters.hmr.HMRCritic`).
+
+The default critic stands in for an estimator trained on a limited public dataset: it is trained
+on renders of a narrow "source" pose set and evaluated on held-out source poses and on all other
+shipped mocap. This module holds the training core, independent of how images are made
+(``sample_batch``), and the console script ``ns-posegen-pretrain-critic``.
+
+``sample_batch(batch_size, generator) -> dict`` returns (B = batch_size):
+    ``images`` (B, 3, H, W) RGB in [0, 1]; ``boxes`` (B, 4) xyxy pixels;
+    ``joints_h36m_cam`` (B, 17, 3) camera frame (OpenCV axes), metres;
+    ``body_pose`` (B, 69) axis-angle; ``global_orient_cam`` (B, 3) axis-angle in the camera frame;
+    ``betas`` (B, num_betas of the critic's body);
+    optional ``joints_2d`` (B, 17, 2) pixels of ``images``, or ``K`` (B, 3, 3) intrinsics from which
+    they are projected: either enables the 2D/camera terms.
+
+Losses follow SPIN's supervised terms (Kolotouros et al., ICCV 2019, ``train/trainer.py``): MSE on
+root-relative 3D joints (weight 5), MSE on the 24 rotation matrices (1), MSE on betas (0.001).
+With ``joints_2d``, also SPIN's 2D keypoint MSE in crop coordinates normalised to [-1, 1] (5),
+with the weak-perspective camera ``x_n = s (X + tx)``, ``y_n = s (Y + ty)`` applied to the
+root-relative 3D joints (SPIN's perspective camera with its 5000 px focal length is this in the
+limit), and SPIN's scale regulariser ``exp(-10 s)^2`` (1). Without 2D labels the camera is left
+unsupervised (the critic's 3D output does not use it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from adapters.crop import image_to_crop
+from adapters.hmr import HMRCritic, HMRPrediction, build_hmr_critic, default_critic_path, save_spin_checkpoint
+from posegen_ns.geometry import axis_angle_to_matrix, project_points
+from posegen_ns.metrics import auc, mpjpe, pa_mpjpe, pck
+
+SampleBatch = Callable[[int, torch.Generator], dict]
+"""``sample_batch(batch_size, generator) -> dict`` (keys in the module docstring)."""
+
+
+@dataclass
+class LossWeights:
+    """Weights of the supervised losses (SPIN's defaults)."""
+
+    joints: float = 5.0
+    """Root-relative H36M-17 joints, MSE in m^2."""
+    pose: float = 1.0
+    """24 rotation matrices (global orientation in the camera frame + body pose), MSE."""
+    betas: float = 0.001
+    """Shape coefficients, MSE."""
+    keypoints_2d: float = 5.0
+    """2D joints in normalised crop coordinates, MSE (only with ``joints_2d`` or ``K`` in the batch)."""
+    cam: float = 1.0
+    """Keeps the weak-perspective scale positive, ``exp(-10 s)^2`` (only with 2D targets)."""
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def supervised_losses(pred: HMRPrediction, batch: dict, num_betas: int, weights: LossWeights) -> dict[str, Tensor]:
+    """SPIN-style supervised losses of one batch; ``'loss'`` is the weighted sum (scalar tensors)."""
+    gt_joints = batch["joints_h36m_cam"] - batch["joints_h36m_cam"][:, :1]  # (B, 17, 3)
+    B = gt_joints.shape[0]
+    gt_rot = axis_angle_to_matrix(
+        torch.cat([batch["global_orient_cam"].reshape(B, 1, 3), batch["body_pose"].reshape(B, 23, 3)], dim=1)
+    )  # (B, 24, 3, 3)
+    losses = {
+        "joints": ((pred.joints - gt_joints) ** 2).mean(),
+        "pose": ((pred.rotmat - gt_rot) ** 2).mean(),
+        "betas": ((pred.betas[:, :num_betas] - batch["betas"]) ** 2).mean(),
+    }
+    joints_2d = batch.get("joints_2d")
+    if joints_2d is None and "K" in batch:
+        eye = torch.eye(3, dtype=gt_joints.dtype, device=gt_joints.device).expand(B, 3, 3)
+        joints_2d, _ = project_points(batch["joints_h36m_cam"], batch["K"], eye, torch.zeros_like(gt_joints[:, 0]))
+    if joints_2d is not None:
+        s, txy = pred.cam[:, None, :1], pred.cam[:, None, 1:]  # (B, 1, 1), (B, 1, 2)
+        proj = s * (pred.joints[..., :2] + txy)  # (B, 17, 2) normalised crop coordinates
+        target = image_to_crop(joints_2d, batch["boxes"], 2) - 1.0  # [-1, 1] over the box
+        losses["keypoints_2d"] = ((proj - target) ** 2).mean()
+        losses["cam"] = torch.exp(-10.0 * pred.cam[:, 0]).pow(2).mean()
+    losses["loss"] = sum(getattr(weights, k) * v for k, v in losses.items())
+    return losses
+
+
+def pretrain_critic(
+    critic: HMRCritic,
+    sample_batch: SampleBatch,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    log_every: int,
+    progress: bool = True,
+    seed: int = 0,
+    weights: LossWeights | None = None,
+    freeze_bn: bool = False,
+    history: list[dict[str, float]] | None = None,
+) -> dict[str, float]:
+    """Train ``critic.hmr`` with Adam on batches from ``sample_batch``.
+
+    Args:
+        critic: the critic to train in place (its device is used).
+        sample_batch: batch source (module docstring).
+        steps, lr, batch_size: optimisation settings.
+        log_every: steps per logged window (progress bar fields and ``history`` rows).
+        progress: show a rich progress bar.
+        seed: seed of the ``torch.Generator`` passed to ``sample_batch``.
+        weights: loss weights (default :class:`LossWeights`).
+        freeze_bn: use ``critic.train_mode()`` (frozen BatchNorm statistics, for fine-tuning a
+            pre-trained network) instead of ``critic.train()`` (needed from scratch).
+        history: if given, one dict per window is appended (step, losses, mpjpe_mm, pa_mpjpe_mm).
+
+    Returns:
+        Metrics of the last window: ``loss`` and each loss term, ``mpjpe_mm``, ``pa_mpjpe_mm``
+        (on the training batches, root-relative H36M-17), ``steps``. The critic is left in eval mode.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    weights = weights or LossWeights()
+    device = next(critic.hmr.parameters()).device
+    opt = torch.optim.Adam(critic.hmr.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    critic.train_mode() if freeze_bn else critic.train()
+    window: dict[str, float] = {}
+    count = 0
+    last: dict[str, float] = {}
+    columns = [TextColumn("pretrain critic"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[info]}")]
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("pretrain", total=steps, info="")
+        for step in range(1, steps + 1):
+            batch = _to(sample_batch(batch_size, gen), device)
+            pred = critic.predict(batch["images"], batch["boxes"])
+            losses = supervised_losses(pred, batch, critic.body.num_betas, weights)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            opt.step()
+            with torch.no_grad():
+                gt = batch["joints_h36m_cam"]
+                row = {k: float(v) for k, v in losses.items()}
+                row["mpjpe_mm"] = 1000.0 * float(mpjpe(pred.joints, gt, root=0).mean())
+                row["pa_mpjpe_mm"] = 1000.0 * float(pa_mpjpe(pred.joints, gt).mean())
+            for k, v in row.items():
+                window[k] = window.get(k, 0.0) + v
+            count += 1
+            if step % log_every == 0 or step == steps:
+                last = {k: v / count for k, v in window.items()}
+                last["steps"] = step
+                if history is not None:
+                    history.append(dict(last))
+                window, count = {}, 0
+                info = f"loss {last['loss']:.4f}  MPJPE {last['mpjpe_mm']:.1f} mm  PA {last['pa_mpjpe_mm']:.1f} mm"
+                bar.update(task, info=info)
+            bar.advance(task)
+    critic.eval_mode()
+    return last
+
+
+@torch.no_grad()
+def evaluate_critic(
+    critic: HMRCritic, sample_batch: SampleBatch, num_samples: int, batch_size: int = 32, seed: int = 1
+) -> dict[str, float]:
+    """Mean MPJPE / PA-MPJPE (mm), PCK@150 mm and AUC of ``critic`` (eval mode) on
+    ``num_samples`` samples (H36M-17, root-relative)."""
+    critic.eval_mode()
+    device = next(critic.hmr.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    sums = {"mpjpe_mm": 0.0, "pa_mpjpe_mm": 0.0, "pck150": 0.0, "auc": 0.0}
+    done = 0
+    while done < num_samples:
+        n = min(batch_size, num_samples - done)
+        batch = _to(sample_batch(n, gen), device)
+        pred = critic(batch["images"], batch["boxes"])
+        gt = batch["joints_h36m_cam"]
+        sums["mpjpe_mm"] += 1000.0 * float(mpjpe(pred, gt).sum())
+        sums["pa_mpjpe_mm"] += 1000.0 * float(pa_mpjpe(pred, gt).sum())
+        sums["pck150"] += float(pck(pred, gt).sum())
+        sums["auc"] += float(auc(pred, gt).sum())
+        done += n
+    return {k: v / max(done, 1) for k, v in sums.items()} | {"samples": float(done)}
+
+
+# ---- console script -------------------------------------------------------------------------
+@dataclass
+class PretrainCriticConfig:
+    """Pre-train the default HMR critic on renders of the source pose set."""
+
+    output: Path = field(default_factory=default_critic_path)
+    """Checkpoint to write (SPIN layout, loadable with ``load_critic('hmr', checkpoint=...)``)."""
+    body: str = "open"
+    """Body the critic predicts for and the renders show: 'open', 'tiny' or an SMPL file path."""
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    """torchvision ResNet backbone."""
+    input_size: int = 128
+    """Crop side seen by the network, pixels."""
+    image_size: int = 192
+    """Side of the rendered source images, pixels."""
+    steps: int = 20000
+    """Optimisation steps."""
+    lr: float = 1e-4
+    """Adam learning rate."""
+    batch_size: int = 32
+    """Samples per step."""
+    log_every: int = 100
+    """Steps per progress-bar update."""
+    eval_samples: int = 512
+    """Samples per evaluation split ('heldout', 'other')."""
+    backbone_weights: Path | None = None
+    """Optional torchvision ImageNet state_dict for the backbone (random init otherwise)."""
+    seed: int = 0
+    """Seed of the sample generator and of the network initialisation."""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """Torch device."""
+
+
+def run_pretrain(cfg: PretrainCriticConfig) -> dict[str, dict[str, float]]:
+    """Train, save and evaluate the default critic; returns ``{'train'|'heldout'|'other': metrics}``."""
+    # Hook: the image source (renders of the default capture body in source poses) lives in
+    # posegen_ns.data; imported lazily so this module works without it.
+    from posegen_ns.data.source_poses import make_source_sampler
+    from adapters.hmr import load_backbone_weights
+    from posegen_ns.body import load_body_model
+
+    torch.manual_seed(cfg.seed)
+    body = load_body_model(cfg.body)
+    critic = build_hmr_critic(cfg.backbone, cfg.input_size, body)
+    if cfg.backbone_weights is not None:
+        load_backbone_weights(critic.hmr, cfg.backbone_weights)
+    critic.to(cfg.device)
+    train = pretrain_critic(
+        critic, make_source_sampler(body, cfg.image_size, "train"), cfg.steps, cfg.lr, cfg.batch_size,
+        cfg.log_every, seed=cfg.seed,
+    )
+    results = {"train": train}
+    for split in ("heldout", "other"):
+        results[split] = evaluate_critic(critic, make_source_sampler(body, cfg.image_size, split), cfg.eval_samples,
+                                         cfg.batch_size, seed=cfg.seed + 1)
+    meta = {"backbone": cfg.backbone, "input_size": cfg.input_size, "body": cfg.body, "steps": cfg.steps,
+            "image_size": cfg.image_size, "metrics": results}
+    save_spin_checkpoint(critic.hmr, cfg.output, {"posegen": meta})
+    print(f"saved {cfg.output}")
+    for split in ("heldout", "other"):
+        m = results[split]
+        print(f"{split:>8}: MPJPE {m['mpjpe_mm']:.1f} mm  PA-MPJPE {m['pa_mpjpe_mm']:.1f} mm  "
+              f"PCK@150 {100 * m['pck150']:.1f} %  AUC {m['auc']:.3f}  ({int(m['samples'])} samples)")
+    return results
+
+
+def entrypoint() -> None:
+    """Console script ``ns-posegen-pretrain-critic``."""
+    import tyro
+
+    run_pretrain(tyro.cli(PretrainCriticConfig))
