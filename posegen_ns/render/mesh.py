@@ -68,7 +68,8 @@ def render_mesh(
         vertex_colors: ``(B or 1, V, 3)`` in [0, 1], interpolated perspective-correctly.
         uv: ``(T, 2)`` texture coordinates (OBJ convention, v up); ``uv_faces (F, 3)`` indexes them
             (default: ``faces``, i.e. one uv per vertex).
-        texture: ``(Ht, Wt, 3)`` float in [0, 1], sampled bilinearly (``F.grid_sample``).
+        texture: ``(Ht, Wt, 3)`` float in [0, 1] (or uint8, divided by 255), sampled bilinearly
+            (``F.grid_sample``, border padding).
         background: RGB of empty pixels.
         texture_weight: per-vertex weight of the texture against ``vertex_colors`` (interpolated),
             e.g. the "use texture" mask of :func:`part_colors`. With both colours and a texture but
@@ -220,7 +221,8 @@ def _shade(bimg, fidx, bary, faces, vertex_colors, uv, uv_faces, texture, textur
     tf = (uv_faces if uv_faces is not None else faces).long()[fidx]  # (M, 3)
     uvs = (uv.to(dt)[tf] * bary[..., None]).sum(1)  # (M, 2)
     grid = torch.stack([2.0 * uvs[:, 0] - 1.0, 1.0 - 2.0 * uvs[:, 1]], -1)  # v up -> image rows down
-    tex = texture.to(dt).permute(2, 0, 1)[None]  # (1, 3, Ht, Wt)
+    tex = texture.to(dt) / 255.0 if texture.dtype == torch.uint8 else texture.to(dt)
+    tex = tex.permute(2, 0, 1)[None]  # (1, 3, Ht, Wt)
     ct = F.grid_sample(tex, grid[None, None], mode="bilinear", padding_mode="border", align_corners=False)
     ct = ct[0, :, 0].T  # (M, 3)
     if cv is None:
