@@ -244,3 +244,59 @@ def test_zju_downscale_and_missing_mask(tmp_path):
     shutil.rmtree(tmp_path / "zju" / "mask" / "Camera_B2")
     with pytest.raises(PoseGenInputError, match=r"No mask for .*Camera_B2/000000\.jpg.*mask_cihp"):
         read_capture(tmp_path / "zju", body=body)
+
+
+# ---- the default capture -----------------------------------------------------------------------
+
+def test_build_default_capture_tiny(tmp_path):
+    from posegen_ns.data.default_capture import build_default_capture, is_walking_clip
+    from posegen_ns.mocap import clip_category, shipped_clips_dir
+
+    clips = sorted(shipped_clips_dir().glob("*.bvh"))
+    walk = next(c for c in clips if is_walking_clip(c.stem, clip_category(c.stem)))
+    other = next(c for c in clips if not is_walking_clip(c.stem, clip_category(c.stem)))
+    mocap = tmp_path / "mocap"
+    mocap.mkdir()
+    for c in (walk, other):
+        (mocap / c.name).symlink_to(c)
+    out = build_default_capture(
+        tmp_path / "cap", mocap_dir=mocap, body="tiny", num_cameras=2, resolution=32, frame_stride=16,
+        max_frames_per_clip=3, verbose=False,
+    )
+    cap = read_capture(out)
+    assert (cap.num_frames, cap.num_cameras, cap.height, cap.width) == (6, 2, 32, 32)
+    assert cap.body == "tiny" and len(set(cap.clip_names)) == 2
+    held = {c for c, s in zip(cap.clip_names, cap.split) if s == "heldout"}
+    assert held == {other.stem}  # the non-walking clip
+
+    coverage = cap.masks.float().mean((2, 3))  # (T, C)
+    assert (coverage > 0.01).all() and (coverage < 0.6).all()
+    assert int(cap.images[~cap.masks].max()) == 0  # black background
+    assert cap.images[cap.masks].float().mean() > 30  # the person is drawn
+    with pytest.raises(PoseGenInputError, match="already exists"):
+        build_default_capture(out, mocap_dir=mocap, body="tiny", verbose=False)
+
+    # treadmill: the pelvis stays on the vertical axis; it projects onto the mask in every view
+    body = load_body_model("tiny")
+    T = cap.num_frames
+    pelvis = body(cap.body_pose, cap.global_orient, cap.betas.expand(T, -1), cap.transl).joints[:, 0]  # (T, 3)
+    assert pelvis[:, [0, 2]].abs().max() < 1e-5
+    for c in range(cap.num_cameras):
+        uv, _ = project_points(pelvis[None], cap.K[c : c + 1], cap.R[c : c + 1], cap.t[c : c + 1])
+        for i, (u, v) in enumerate(uv[0].tolist()):
+            x, y = int(math.floor(u)), int(math.floor(v))
+            assert 0 <= x < 32 and 0 <= y < 32
+            assert bool(cap.masks[i, c, max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2].any()), (i, c)
+
+
+def test_capture_cli_parses(tmp_path):
+    import tyro
+
+    from posegen_ns.data.capture_cli import CaptureConfig
+
+    cfg = tyro.cli(CaptureConfig, args=[
+        "--mocap-dir", str(tmp_path), "--output-dir", str(tmp_path / "out"), "--body", "tiny",
+        "--num-cameras", "3", "--resolution", "48", "--frame-stride", "5", "--overwrite",
+    ])
+    assert (cfg.mocap_dir, cfg.output_dir, cfg.body) == (tmp_path, tmp_path / "out", "tiny")
+    assert (cfg.num_cameras, cfg.resolution, cfg.frame_stride, cfg.overwrite) == (3, 48, 5, True)

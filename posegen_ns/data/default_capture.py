@@ -11,9 +11,9 @@
   view of fixed cameras whatever the clip's path; as if the person moved on a treadmill.
 - **Cameras**: ``num_cameras`` OpenCV cameras on a ring, evenly spaced in azimuth (camera 0 in
   front of a body facing +z), at elevations cycling through :data:`ELEVATIONS_DEG`, all looking at the
-  median pelvis height on the axis, with a ``FOV_DEG`` vertical field of view; the distance makes
-  the sphere around that target holding every vertex of every frame fit in the image with
-  ``MARGIN`` to spare.
+  median pelvis height on the axis, with a :data:`FOV_DEG` vertical field of view; their common
+  distance is the smallest at which every vertex of every frame projects into every image with
+  :data:`MARGIN` to spare.
 - **Appearance**: the body's skin texture under shirt / trousers / shoes colours
   (:mod:`posegen_ns.data.appearance`), black background, exact masks from the z-buffer.
 - **Split**: by clip; by default one clip that is not a walk is held out (novel poses).
@@ -43,7 +43,7 @@ FOV_DEG = 40.0
 ELEVATIONS_DEG = (5.0, 20.0, 35.0)
 """Camera elevations above the target, cycled over the ring."""
 MARGIN = 1.08
-"""Distance factor over the tightest one that keeps the bounding sphere in the image."""
+"""The body's extent may reach 1 / MARGIN of the half-image (in normalised image coordinates)."""
 RENDER_CHUNK = 48
 """Images rendered per rasteriser call."""
 
@@ -76,20 +76,63 @@ def _select_frames(bank: PoseBank, max_frames_per_clip: int) -> PoseBank:
 
 
 def ring_cameras(
-    num_cameras: int, target: torch.Tensor, radius: float, resolution: int
+    num_cameras: int, target: torch.Tensor, radius: float, resolution: int, points: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cameras on a ring around ``target (3,)`` that keep a sphere of ``radius`` metres in view.
+    """Cameras on a ring around ``target (3,)``: azimuths ``2 pi c / C``, elevations cycling through
+    :data:`ELEVATIONS_DEG`, vertical field of view :data:`FOV_DEG`, square ``resolution`` images.
+
+    The shared distance is the smallest that keeps ``points (P, 3)`` (world, e.g. every vertex of every
+    frame) in every image with :data:`MARGIN` to spare; without points, the sphere of ``radius``
+    metres around the target is kept in view (an upper bound of the former when the points lie in it).
 
     Returns:
         ``K (C, 3, 3)``, ``R (C, 3, 3)``, ``t (C, 3)`` (OpenCV, float32).
     """
     fov = math.radians(FOV_DEG)
-    distance = MARGIN * radius / math.sin(0.5 * fov)
-    az = torch.arange(num_cameras, dtype=torch.float64) * (2 * math.pi / num_cameras)
-    el = torch.tensor([math.radians(ELEVATIONS_DEG[c % len(ELEVATIONS_DEG)]) for c in range(num_cameras)], dtype=torch.float64)
-    R, t = orbit_extrinsics(az, el, torch.full_like(az, distance), target.double().expand(num_cameras, 3))
+    az, el = _ring_angles(num_cameras)
+    targets = target.double().expand(num_cameras, 3)
+    far = MARGIN * radius / math.sin(0.5 * fov)
+    distance = far if points is None else _fit_distance(points.double(), az, el, targets, far, math.tan(0.5 * fov) / MARGIN)
+    R, t = orbit_extrinsics(az, el, torch.full_like(az, distance), targets)
     K = intrinsics_from_fov(fov, resolution, resolution).expand(num_cameras, 3, 3)
     return K.float().contiguous(), R.float(), t.float()
+
+
+def _ring_angles(num_cameras: int) -> tuple[torch.Tensor, torch.Tensor]:
+    az = torch.arange(num_cameras, dtype=torch.float64) * (2 * math.pi / num_cameras)
+    el = torch.tensor([math.radians(ELEVATIONS_DEG[c % len(ELEVATIONS_DEG)]) for c in range(num_cameras)], dtype=torch.float64)
+    return az, el
+
+
+def best_target(points: torch.Tensor, num_cameras: int, pelvis_heights: torch.Tensor, candidates: int = 17) -> torch.Tensor:
+    """The look-at point ``(3,)`` on the vertical axis, at the pelvis height (between the lowest and the
+    highest of ``pelvis_heights (T,)``) that lets the ring come closest while keeping ``points (P, 3)``
+    in view: the subject as large as possible in the images."""
+    az, el = _ring_angles(num_cameras)
+    limit = math.tan(0.5 * math.radians(FOV_DEG)) / MARGIN
+    points = points.double()
+    best = None
+    for h in torch.linspace(float(pelvis_heights.min()), float(pelvis_heights.max()), candidates).tolist():
+        target = torch.tensor([0.0, h, 0.0], dtype=torch.float64)
+        d = _fit_distance(points, az, el, target.expand(num_cameras, 3), float("inf"), limit)
+        if best is None or d < best[0] - 1e-9:
+            best = (d, target)
+    return best[1].float()
+
+
+def _fit_distance(points: torch.Tensor, az, el, targets, far: float, limit: float) -> float:
+    """Smallest camera distance (at most ``far``) at which every point projects within ``limit``
+    (normalised image coordinates) of the image centre of every camera.
+
+    A camera looking at the target from distance ``d`` sees ``q = R (p - target) + (0, 0, d)``
+    (``R`` does not depend on ``d``), so ``|q_x| <= limit q_z`` holds iff ``d >= |(R(p - target))_x| /
+    limit - (R(p - target))_z``; the same for y. Closed form, no search.
+    """
+    R, _ = orbit_extrinsics(az, el, torch.ones_like(az), targets)
+    rel = torch.einsum("cij,cpj->cpi", R, points[None] - targets[:, None])  # (C, P, 3)
+    need = rel[..., :2].abs().amax(-1) / limit - rel[..., 2]  # (C, P)
+    need = torch.maximum(need, 0.05 - rel[..., 2])  # and in front of the camera
+    return min(float(need.max()), far)
 
 
 def build_default_capture(
@@ -162,10 +205,10 @@ def build_default_capture(
         transl[:, 0] = -J0[0]  # treadmill: pelvis (= J0 + transl) on the vertical axis
         transl[:, 2] = -J0[2]
         verts = model(bank.body_pose, bank.global_orient, betas.expand(N, -1), transl).vertices  # (N, V, 3)
-    pelvis_y = float((J0[1] + transl[:, 1]).median())
-    target = torch.tensor([0.0, pelvis_y, 0.0])
+    points = verts[:, ::3].reshape(-1, 3)  # a third of the vertices bound the extent well enough
+    target = best_target(points, num_cameras, J0[1] + transl[:, 1])
     radius = float((verts - target).norm(dim=-1).max())
-    K, R, t = ring_cameras(num_cameras, target, radius, resolution)
+    K, R, t = ring_cameras(num_cameras, target, radius, resolution, points=points)
     appearance = make_body_appearance(model, seed=seed)
 
     C = num_cameras

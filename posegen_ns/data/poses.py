@@ -20,7 +20,7 @@ from torch import Tensor
 
 from posegen_ns.errors import PoseGenInputError
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 MOTION_SUFFIXES = (".bvh", ".npz")
 
 
@@ -131,17 +131,27 @@ def load_pose_bank(body_source: Any, clips: Sequence[Path | str] | None = None, 
             tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp.npz")
             np.savez(tmp, clip_hash=np.array(clip_hash), version=np.array(_CACHE_VERSION), **arrays)
             os.replace(tmp, cache)
-        parts.append(arrays | {"name": str(arrays["name"])})
-    clip_names = [p["name"] for p in parts for _ in range(len(p["body_pose"]))]
-    category = {name: clip_category(name) for name in dict.fromkeys(clip_names)}
+        parts.append(arrays | {"name": str(arrays["name"]), "category": _category(path, clip_category)})
     return PoseBank(
         global_orient=torch.from_numpy(np.concatenate([p["global_orient"] for p in parts]).astype(np.float32)),
         body_pose=torch.from_numpy(np.concatenate([p["body_pose"] for p in parts]).astype(np.float32)),
         transl=torch.from_numpy(np.concatenate([p["transl"] for p in parts]).astype(np.float32)),
-        clip_names=clip_names,
-        categories=[category[n] for n in clip_names],
+        clip_names=[p["name"] for p in parts for _ in range(len(p["body_pose"]))],
+        categories=[p["category"] for p in parts for _ in range(len(p["body_pose"]))],
         frame_ids=torch.from_numpy(np.concatenate([p["frame_ids"] for p in parts]).astype(np.int64)),
     )
+
+
+def _category(path: Path, clip_category) -> str:
+    """The clip's manifest category: the shipped manifest, else a ``manifest.csv`` beside the clip or
+    one folder up (as in the CMU subset's layout), else ``"unknown"``."""
+    category = clip_category(path.stem)
+    for folder in (path.parent, path.parent.parent):
+        if category != "unknown":
+            break
+        if (folder / "manifest.csv").is_file():
+            category = clip_category(path.stem, folder / "manifest.csv")
+    return category
 
 
 def _cache_root() -> Path:
@@ -186,5 +196,14 @@ def _fit_clip(path: Path, body: Any, stride: int) -> dict[str, np.ndarray]:
         "global_orient": arr(motion.global_orient).astype(np.float32).reshape(T, 3),
         "body_pose": arr(motion.body_pose).astype(np.float32).reshape(T, 69),
         "transl": arr(motion.transl).astype(np.float32).reshape(T, 3),
-        "frame_ids": np.arange(T, dtype=np.int64) * stride,
+        "frame_ids": _frame_ids(motion, T, stride),
     }
+
+
+def _frame_ids(motion: Any, T: int, stride: int) -> np.ndarray:
+    """Original frame index of each kept frame: the loader's ``meta['frame_indices']`` (BVH; after
+    skipping a synthetic T-pose frame), else ``stride * k``."""
+    ids = getattr(motion, "meta", {}).get("frame_indices")
+    if ids is not None and len(ids) == T:
+        return np.asarray(ids, dtype=np.int64)
+    return np.arange(T, dtype=np.int64) * stride

@@ -158,10 +158,15 @@ def render_source_set(body, image_size: int, split: str, num_images: int, seed: 
     }
 
 
-def source_cache_path(body, image_size: int, split: str, num_images: int, seed: int) -> Path:
+def _cache_root() -> Path:
     from posegen_ns.body.smpl_files import cache_dir
 
-    return cache_dir() / "source_images" / f"{body_id(body)}-{split}-s{image_size}-n{num_images}-seed{seed}-v{_CACHE_VERSION}.npz"
+    return cache_dir() / "source_images"
+
+
+def source_cache_path(body, image_size: int, split: str, num_images: int, seed: int) -> Path:
+    """``cache_dir()/source_images/<body-id>-<split>-s<size>-n<count>-seed<seed>-v1.npz``."""
+    return _cache_root() / f"{body_id(body)}-{split}-s{image_size}-n{num_images}-seed{seed}-v{_CACHE_VERSION}.npz"
 
 
 def make_source_sampler(body: Any, image_size: int, split: str, num_images: int = 2000, seed: int = 0) -> SampleBatch:
