@@ -255,3 +255,30 @@ def entrypoint() -> None:
     import tyro
 
     run_pretrain(tyro.cli(PretrainCriticConfig))
+
+
+def default_critic_checkpoint(
+    body: str = "open", steps: int = 600, input_size: int = 64, backbone: str = "resnet18", batch_size: int = 16,
+    eval_samples: int = 128,
+) -> Path:
+    """The default critic for ``body``, pre-trained once and cached.
+
+    Used by ``ns-train posegen-human`` when no critic is given: the checkpoint lives in
+    ``cache_dir()/critics/`` under a name made of the body file's hash and the settings, and is
+    trained on first use with :func:`run_pretrain` (renders of the source pose set at
+    ``1.5 * input_size`` pixels). Returns its path.
+    """
+    import hashlib
+
+    from posegen_ns.body import body_model_path
+    from posegen_ns.body.smpl_files import cache_dir
+
+    body_id = hashlib.sha1(Path(body_model_path(body)).read_bytes()).hexdigest()[:10]
+    path = cache_dir() / "critics" / f"default-{body_id}-{backbone}-{input_size}px-{steps}steps.pt"
+    if not path.is_file():
+        print(f"pre-training the default critic ({backbone}, {input_size} px, {steps} steps) -> {path}")
+        run_pretrain(PretrainCriticConfig(
+            output=path, body=str(body), backbone=backbone, input_size=input_size, image_size=int(1.5 * input_size),
+            steps=steps, batch_size=batch_size, lr=3e-4, log_every=max(1, steps // 20), eval_samples=eval_samples,
+        ))
+    return path

@@ -98,6 +98,7 @@ class BodyModel(nn.Module):
                 "(SPIN's J_regressor_h36m.npy, github.com/nkolot/SPIN fetch_data.sh)."
             )
         self.register_buffer("J_regressor_h36m", torch.as_tensor(np.asarray(extras["J_regressor_h36m"], dtype=np.float32)))
+        self.has_pose_correctives = bool(self.smpl.posedirs.abs().max() > 0)
         self.texture_data = {k: np.asarray(v) for k, v in extras.items() if k in ("vt", "ft", "texture")}
 
     # ---- model data --------------------------------------------------------------------------
@@ -166,9 +167,12 @@ class BodyModel(nn.Module):
         smpl = self.smpl
         v_shaped = smpl.v_template + blend_shapes(betas, smpl.shapedirs)
         rest_joints = vertices2joints(smpl.J_regressor, v_shaped)
-        ident = torch.eye(3, dtype=dt, device=dev)
-        pose_feature = (rot_mats[:, 1:] - ident).reshape(B, -1)
-        v_posed = v_shaped + torch.matmul(pose_feature, smpl.posedirs).view(B, -1, 3)
+        if self.has_pose_correctives:
+            ident = torch.eye(3, dtype=dt, device=dev)
+            pose_feature = (rot_mats[:, 1:] - ident).reshape(B, -1)
+            v_posed = v_shaped + torch.matmul(pose_feature, smpl.posedirs).view(B, -1, 3)
+        else:  # bodies without pose correctives (open, tiny): skip a (B, 207) x (207, 3V) product
+            v_posed = v_shaped.expand(B, -1, -1)
         joints, A = batch_rigid_transform(rot_mats, rest_joints, smpl.parents, dtype=dt)
         T = torch.einsum("vj,bjkl->bvkl", smpl.lbs_weights, A)
         v_h = torch.nn.functional.pad(v_posed, (0, 1), value=1.0)

@@ -152,11 +152,11 @@ def validate_smpl_dict(data: dict[str, Any], source: Path | str) -> dict[str, np
 
 
 def write_smpl_npz(data: dict[str, np.ndarray], path: Path) -> Path:
-    """Write an SMPL-layout dictionary to ``path`` atomically (temporary file, then rename)."""
+    """Write an SMPL-layout dictionary to ``path`` atomically (compressed; a per-process temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **data)
+    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
+    np.savez_compressed(tmp, **data)
     os.replace(tmp, path)
     return path
 
