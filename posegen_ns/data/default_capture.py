@@ -248,7 +248,7 @@ def default_capture_dir() -> Path:
 
     path = cache_dir() / DEFAULT_CAPTURE_NAME
     if not (path / "capture.json").is_file():
-        print(f"posegen-ns: building the default capture in {path} (open body, shipped CMU clips; once, a few minutes)")
+        print(f"posegen-ns: building the default capture in {path} (open body, shipped CMU clips; once, about 20-60 s)")
         build_default_capture(path, overwrite=True)
     return path
 

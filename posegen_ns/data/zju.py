@@ -61,12 +61,13 @@ def zju_to_smpl_params(
     Returns:
         dict with ``global_orient (N, 3)``, ``body_pose (N, 69)``, ``transl (N, 3)`` (float32).
     """
-    poses, Rh, Th = poses.float(), Rh.float(), Th.float()
+    dev = body.v_template.device
+    poses, Rh, Th = poses.float().to(dev), Rh.float().to(dev), Th.float().to(dev)
     N = poses.shape[0]
     R_h = axis_angle_to_matrix(Rh)  # (N, 3, 3)
     global_orient = matrix_to_axis_angle(R_h @ axis_angle_to_matrix(poses[:, :3]))
     with torch.no_grad():
-        J0 = body(torch.zeros(1, 69), betas=betas[None].float()).rest_joints[0, 0].float()  # (3,)
+        J0 = body(torch.zeros(1, 69, device=dev), betas=betas[None].float().to(dev)).rest_joints[0, 0].float()  # (3,)
     transl = Th + torch.einsum("nij,j->ni", R_h, J0) - J0
     return {"global_orient": global_orient, "body_pose": poses[:, 3:72].reshape(N, 69).contiguous(), "transl": transl}
 
@@ -219,9 +220,9 @@ def read_zju(
     if np.abs(mean_shape[n:]).max(initial=0.0) > 1e-6:
         warnings.warn(f"{params_dir}: 'shapes' has {len(mean_shape)} coefficients; the body uses {body.num_betas}.", stacklevel=2)
     betas_t = torch.tensor(betas, dtype=torch.float32)
-    converted = zju_to_smpl_params(
+    converted = {k: v.cpu() for k, v in zju_to_smpl_params(
         torch.tensor(np.stack(poses)), torch.tensor(np.stack(Rh)), torch.tensor(np.stack(Th)), betas_t, body
-    )
+    ).items()}
     num = len(entries)
     num_train = max(1, int(round(heldout_from * num))) if num > 1 else 1
     capture = Capture(
