@@ -209,6 +209,8 @@ class PretrainCriticConfig:
     """Steps per progress-bar update."""
     eval_samples: int = 512
     """Samples per evaluation split ('heldout', 'other')."""
+    num_images: int = 2000
+    """Distinct source renders to train on (rendered once and cached)."""
     backbone_weights: Path | None = None
     """Optional torchvision ImageNet state_dict for the backbone (random init otherwise)."""
     seed: int = 0
@@ -232,12 +234,12 @@ def run_pretrain(cfg: PretrainCriticConfig) -> dict[str, dict[str, float]]:
         load_backbone_weights(critic.hmr, cfg.backbone_weights)
     critic.to(cfg.device)
     train = pretrain_critic(
-        critic, make_source_sampler(body, cfg.image_size, "train"), cfg.steps, cfg.lr, cfg.batch_size,
+        critic, make_source_sampler(body, cfg.image_size, "train", num_images=cfg.num_images), cfg.steps, cfg.lr, cfg.batch_size,
         cfg.log_every, seed=cfg.seed,
     )
     results = {"train": train}
     for split in ("heldout", "other"):
-        results[split] = evaluate_critic(critic, make_source_sampler(body, cfg.image_size, split), cfg.eval_samples,
+        results[split] = evaluate_critic(critic, make_source_sampler(body, cfg.image_size, split, num_images=cfg.eval_samples), cfg.eval_samples,
                                          cfg.batch_size, seed=cfg.seed + 1)
     meta = {"backbone": cfg.backbone, "input_size": cfg.input_size, "body": cfg.body, "steps": cfg.steps,
             "image_size": cfg.image_size, "metrics": results}
@@ -259,7 +261,7 @@ def entrypoint() -> None:
 
 def default_critic_checkpoint(
     body: str = "open", steps: int = 600, input_size: int = 64, backbone: str = "resnet18", batch_size: int = 16,
-    eval_samples: int = 128,
+    eval_samples: int = 128, num_images: int = 1500,
 ) -> Path:
     """The default critic for ``body``, pre-trained once and cached.
 
@@ -280,5 +282,6 @@ def default_critic_checkpoint(
         run_pretrain(PretrainCriticConfig(
             output=path, body=str(body), backbone=backbone, input_size=input_size, image_size=int(1.5 * input_size),
             steps=steps, batch_size=batch_size, lr=3e-4, log_every=max(1, steps // 20), eval_samples=eval_samples,
+            num_images=num_images,
         ))
     return path

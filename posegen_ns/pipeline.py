@@ -183,7 +183,8 @@ class PoseGenPipeline(VanillaPipeline):
             p.requires_grad_(False)
         self.critic.eval_mode()
         self.image_hw = (capture.height, capture.width)
-        self.base_focal = float(capture.K[0, 1, 1]) if capture.num_cameras else float(capture.height)
+        # focal length (pixels) at which a 1.75 m person 3 m away fills 75 % of the image height
+        self.base_focal = 0.75 * capture.height * 3.0 / 1.75
         self.noise = torch.Generator(device="cpu").manual_seed(config.seed)
         self.report: Dict[str, Any] = {}
 
