@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from adapters.crop import boxes_from_joints
 from posegen_ns.data.appearance import make_body_appearance, render_vertices
 from posegen_ns.data.default_capture import is_walking_clip
 from posegen_ns.data.poses import PoseBank, body_id, load_pose_bank
@@ -99,17 +100,6 @@ def fit_intrinsics(points_cam: Tensor, image_size: int, fill: float = FILL) -> T
     return K
 
 
-def _boxes(joints_2d: Tensor) -> Tensor:
-    try:
-        from adapters.crop import boxes_from_joints
-    except ImportError:  # adapters not installed: the same square box, computed here
-        lo, hi = joints_2d.amin(1), joints_2d.amax(1)
-        half = 0.5 * BOX_SCALE * (hi - lo).amax(-1, keepdim=True)
-        centre = 0.5 * (lo + hi)
-        return torch.cat([centre - half, centre + half], -1)
-    return boxes_from_joints(joints_2d, scale=BOX_SCALE)
-
-
 @torch.no_grad()
 def render_source_set(body, image_size: int, split: str, num_images: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Render ``num_images`` labelled images of one split (module docstring).
@@ -149,7 +139,7 @@ def render_source_set(body, image_size: int, split: str, num_images: int, seed: 
     return {
         "images": images,
         "masks": masks,
-        "boxes": _boxes(uv).float().cpu().numpy(),
+        "boxes": boxes_from_joints(uv, scale=BOX_SCALE).float().cpu().numpy(),
         "joints_h36m_cam": joints_cam.float().cpu().numpy(),
         "body_pose": body_pose.numpy(),
         "global_orient_cam": matrix_to_axis_angle(R @ R_go).float().cpu().numpy(),
