@@ -1,7 +1,7 @@
 """nerfstudio method specifications: ``posegen-human`` and the small ``posegen-human-tiny``.
 
 ``posegen-human`` is sized so that ``ns-train posegen-human`` with no arguments finishes on a
-2-core CPU in under 15 minutes (default capture at 128 x 128, 4,000 Gaussians); pass larger
+2-core CPU in under 15 minutes (default capture at 128 x 128, 6,000 Gaussians); pass larger
 ``--pipeline.field-steps`` / ``--max-num-iterations`` / ``--pipeline.model.num-gaussians`` on a GPU.
 ``posegen-human-tiny`` is the test preset (tiny body, a few steps).
 """
@@ -54,13 +54,13 @@ posegen_human = MethodSpecification(
     config=_trainer(
         "posegen-human",
         PoseGenPipelineConfig(
-            datamanager=PoseGenDataManagerConfig(images_per_batch=2),
-            model=PoseGenHumanModelConfig(num_gaussians=4000),
-            sampler=SamplerConfig(batch_size=4),
-            critic=CriticConfig(),
-            field_steps=400,
+            datamanager=PoseGenDataManagerConfig(images_per_batch=4),
+            model=PoseGenHumanModelConfig(num_gaussians=6000),
+            sampler=SamplerConfig(batch_size=6),
+            critic=CriticConfig(pretrain_steps=1500),
+            field_steps=1500,
         ),
-        loop_steps=120,
+        loop_steps=300,
     ),
     description="PoseGen: SMPL-driven Gaussian human field + learned hard (pose, camera) distribution against a 3D pose estimator",
 )

@@ -59,12 +59,15 @@ class SamplerConfig:
     """Wanted hardness ratio: critic error on hard samples / on prior samples."""
     hardness_weight: float = 1.0
     """Weight of the bounded hardness loss."""
-    adversarial_weight: float = 0.1
+    adversarial_weight: float = 0.3
     """Weight of the generator's adversarial (plausibility) loss."""
     limit_weight: float = 1.0
     """Weight of the knee/elbow joint-limit penalty."""
     residual_weight: float = 0.05
     """Weight of the squared pose residual (radians^2): stay near real poses unless it pays."""
+    diversity_weight: float = 0.05
+    """Weight of the mode-seeking term (Mao et al., CVPR 2019) that keeps different noise giving different
+    samples of the same real pose; guards against the mode collapse PoseAug-style GANs are prone to."""
     reference_momentum: float = 0.9
     """Momentum of the running critic error on prior samples (the hardness reference)."""
     prior_stride: int = 4
@@ -90,7 +93,7 @@ class CriticConfig:
     ``adapters.load_critic`` (built-ins or the ``posegen.critics`` entry-point group)."""
     checkpoint: Optional[Path] = None
     """Checkpoint of the critic (official file for 'spin' / 'hybrik-*')."""
-    pretrain_steps: int = 600
+    pretrain_steps: int = 1500
     """Steps of pre-training for the default critic (only when it is not cached yet)."""
     input_size: int = 64
     """Crop size of the default critic."""
@@ -230,16 +233,22 @@ class PoseGenPipeline(VanillaPipeline):
         K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = W / 2.0, H / 2.0, 1.0
         return K, R, t
 
-    def draw(self, num: int, hard: bool, noise: Optional[torch.Generator] = None) -> PoseCameraSample:
+    def draw(self, num: int, hard: bool, noise: Optional[torch.Generator] = None, paired: bool = False) -> PoseCameraSample:
         """Draw (pose, camera) samples: from the generator (``hard``) or from the prior (real mocap
-        poses, cameras uniform in the ranges). Differentiable in the generator's parameters."""
+        poses, cameras uniform in the ranges). Differentiable in the generator's parameters.
+        ``paired``: the second half of the batch reuses the first half's real poses (with other noise)."""
         noise = noise or self.noise
         dev = self.prior_body_pose.device
-        idx = torch.randint(self.prior_body_pose.shape[0], (num,), generator=noise).to(dev)
+        idx = torch.randint(self.prior_body_pose.shape[0], (num,), generator=noise)
+        if paired:
+            idx[num // 2 : 2 * (num // 2)] = idx[: num // 2]
+        idx = idx.to(dev)
         pose, orient = self.prior_body_pose[idx], self.prior_global_orient[idx]
         if hard:
             z = torch.randn(num, self.config.sampler.noise_dim, generator=noise).to(dev)
-            return self.generator(pose, orient, z)
+            sample = self.generator(pose, orient, z)
+            sample.noise = z
+            return sample
         return PoseCameraSample(body_pose=pose, global_orient=orient, camera=self.ranges.sample_uniform(num, noise).to(dev))
 
     def render_and_score(self, sample: PoseCameraSample) -> SampleBatch:
@@ -299,7 +308,7 @@ class PoseGenPipeline(VanillaPipeline):
                 self.reference_error.copy_(prior_err)
             else:
                 self.reference_error.mul_(cfg.reference_momentum).add_((1 - cfg.reference_momentum) * prior_err)
-        sample = self.draw(cfg.batch_size, hard=True)
+        sample = self.draw(cfg.batch_size, hard=True, paired=True)
         scored = self.render_and_score(sample)
         # generator's adversarial term through a detached copy of the discriminator's weights
         d_params = {k: v.detach() for k, v in self.discriminator.named_parameters()}
@@ -314,6 +323,7 @@ class PoseGenPipeline(VanillaPipeline):
             "joint_limits": cfg.limit_weight * joint_limit_penalty(sample.body_pose).mean(),
             "pose_residual": cfg.residual_weight * sample.residual.pow(2).sum(-1).mean(),
             "discriminator": bce(real_logits, torch.ones_like(real_logits)) + bce(fake_d, torch.zeros_like(fake_d)),
+            "diversity": cfg.diversity_weight * self._mode_seeking(sample),
         }
         metrics = {
             "critic_mpjpe_hard_mm": scored.error.mean().detach() * 1000,
@@ -322,22 +332,54 @@ class PoseGenPipeline(VanillaPipeline):
         }
         return {"rgb": scored.images}, losses, metrics
 
+    def _mode_seeking(self, sample: PoseCameraSample) -> torch.Tensor:
+        """Mode-seeking regulariser (Mao et al., CVPR 2019): ``1 / (d(G(z1), G(z2)) / d(z1, z2) + eps)``
+        over pairs that share a real pose; output distance on the pose residual (in units of
+        ``max_residual``) and the camera (in units of each range)."""
+        h = sample.camera.shape[0] // 2
+        if h == 0:
+            return sample.camera.new_zeros(())
+        lo, hi = self.generator.bounds[:, 0], self.generator.bounds[:, 1]
+        feats = torch.cat([sample.residual.flatten(1) / self.config.sampler.max_residual, (sample.camera - lo) / (hi - lo)], -1)
+        d_out = (feats[:h] - feats[h : 2 * h]).abs().mean(-1)
+        d_z = (sample.noise[:h] - sample.noise[h : 2 * h]).abs().mean(-1)
+        return (1.0 / (d_out / d_z + 1e-5)).mean() * 1e-2
+
+    @torch.no_grad()
+    def diversity(self, sample: PoseCameraSample) -> Dict[str, float]:
+        """Diversity of samples: mean pairwise per-joint distance (mm) of root-relative SMPL-24 joints
+        in the body frame (global orientation removed), and the spread (std) of each camera parameter."""
+        body = self.model.body
+        B = sample.body_pose.shape[0]
+        joints = body(sample.body_pose, torch.zeros(B, 3, device=sample.body_pose.device)).joints
+        joints = joints - joints[:, :1]
+        d = (joints[:, None] - joints[None]).norm(dim=-1).mean(-1)  # (B, B)
+        out = {"pose_pairwise_mm": float(d.sum() / max(B * (B - 1), 1)) * 1000}
+        for name, std in zip(self.ranges.names(), sample.camera.std(0).tolist()):
+            out[f"camera_{name}_std"] = std
+        return out
+
     # ------------------------------------------------------------------ evaluation and reports
     @torch.no_grad()
     def heldout_psnr(self) -> Dict[str, float]:
-        """Mean PSNR / SSIM of the field over every held-out (frame, camera) image."""
+        """The field on every held-out (frame, camera) image: mean PSNR (dB) over whole images, mean
+        PSNR over the person's pixels only (capture mask or rendered alpha > 0.5; the black background
+        inflates whole-image PSNR), and mean SSIM."""
         dm = self.datamanager
         cap = dm.eval_capture
         frames = torch.arange(cap.num_frames).repeat_interleave(cap.num_cameras)
         cams = torch.arange(cap.num_cameras).repeat(cap.num_frames)
-        values, ssims = [], []
+        whole, person, ssim = [], [], 0.0
         for chunk in torch.split(torch.arange(len(frames)), 8):
             _, batch = dm.capture_batch(cap, frames[chunk], cams[chunk])
             out = self.model.render_batch(batch)
             for i in range(len(chunk)):
-                values.append(float(psnr(out["rgb"][i], batch["image"][i])))
-            ssims.append(float(self.model.ssim(out["rgb"].permute(0, 3, 1, 2), batch["image"].permute(0, 3, 1, 2))) * len(chunk))
-        return {"psnr": sum(values) / len(values), "ssim": sum(ssims) / len(values), "num_images": len(values)}
+                whole.append(float(psnr(out["rgb"][i], batch["image"][i])))
+                sel = ((batch["mask"][i, ..., 0] > 0.5) | (out["accumulation"][i, ..., 0] > 0.5))
+                person.append(float(psnr(out["rgb"][i][sel], batch["image"][i][sel])))
+            ssim += float(self.model.ssim(out["rgb"].permute(0, 3, 1, 2), batch["image"].permute(0, 3, 1, 2))) * len(chunk)
+        n = len(whole)
+        return {"psnr": sum(whole) / n, "psnr_person": sum(person) / n, "ssim": ssim / n, "num_images": n}
 
     def get_average_eval_image_metrics(self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False):
         self.eval()
@@ -350,11 +392,15 @@ class PoseGenPipeline(VanillaPipeline):
         """Critic MPJPE (mm) on ``num`` hard samples and ``num`` prior samples, and their ratio."""
         num = num or self.config.report_samples
         gen = torch.Generator().manual_seed(seed)
-        errs = {}
+        out: Dict[str, float] = {}
         for kind, hard in (("hard", True), ("prior", False)):
-            e = [self.render_and_score(self.draw(min(8, num - i), hard=hard, noise=gen)).error for i in range(0, num, 8)]
-            errs[kind] = float(torch.cat(e).mean()) * 1000
-        return {"mpjpe_hard_mm": errs["hard"], "mpjpe_prior_mm": errs["prior"], "hardness_ratio": errs["hard"] / errs["prior"]}
+            samples = [self.draw(min(8, num - i), hard=hard, noise=gen) for i in range(0, num, 8)]
+            errors = torch.cat([self.render_and_score(s).error for s in samples])
+            out[f"mpjpe_{kind}_mm"] = float(errors.mean()) * 1000
+            merged = PoseCameraSample(*(torch.cat([getattr(s, f) for s in samples]) for f in ("body_pose", "global_orient", "camera")))
+            out.update({f"{kind}_{k}": v for k, v in self.diversity(merged).items()})
+        out["hardness_ratio"] = out["mpjpe_hard_mm"] / out["mpjpe_prior_mm"]
+        return out
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         trainer = training_callback_attributes.trainer
@@ -370,7 +416,7 @@ class PoseGenPipeline(VanillaPipeline):
     def _report(self, step: int, base_dir: Optional[Path], final: bool) -> None:
         self.eval()
         started = time.time()
-        if "psnr" not in self.report or step == self.config.field_steps - 1:
+        if "heldout_psnr" not in self.report or step == self.config.field_steps - 1:
             self.report.update({f"heldout_{k}": v for k, v in self.heldout_psnr().items()})
         if final and step >= self.config.field_steps:
             self.report.update(self.hardness_report())
@@ -380,13 +426,19 @@ class PoseGenPipeline(VanillaPipeline):
         table.add_column("measure")
         table.add_column("value", justify="right")
         names = {
-            "heldout_psnr": "field PSNR on held-out frames (dB)", "heldout_ssim": "field SSIM on held-out frames",
+            "heldout_psnr": "field PSNR on held-out frames (dB)",
+            "heldout_psnr_person": "field PSNR on held-out frames, person pixels only (dB)",
+            "heldout_ssim": "field SSIM on held-out frames",
             "mpjpe_hard_mm": "critic MPJPE on hard samples (mm)", "mpjpe_prior_mm": "critic MPJPE on prior samples (mm)",
             "hardness_ratio": "hardness ratio (hard / prior)",
+            "hard_pose_pairwise_mm": "pose diversity of hard samples (mean pairwise mm)",
+            "prior_pose_pairwise_mm": "pose diversity of prior samples (mean pairwise mm)",
+            "hard_camera_azimuth_std": "azimuth spread of hard samples (std, rad)",
+            "prior_camera_azimuth_std": "azimuth spread of prior samples (std, rad)",
         }
         for key, label in names.items():
             if key in self.report:
-                table.add_row(label, f"{self.report[key]:.3f}" if "ratio" in key or "ssim" in key else f"{self.report[key]:.1f}")
+                table.add_row(label, f"{self.report[key]:.1f}" if key.endswith(("_mm", "psnr", "person")) else f"{self.report[key]:.3f}")
         CONSOLE.print(table)
         CONSOLE.log(f"report computed in {time.time() - started:.1f} s")
         if base_dir is not None:

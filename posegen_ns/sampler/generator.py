@@ -50,6 +50,7 @@ class PoseCameraSample:
     global_orient: Tensor  # (B, 3) axis-angle radians, world frame (y-up)
     camera: Tensor  # (B, 5) azimuth, elevation, distance, roll, focal_scale (see CameraRanges)
     residual: Tensor | None = None  # (B, 24, 3) rotation residual the generator applied (root first), radians
+    noise: Tensor | None = None  # (B, noise_dim) the generator's noise input
 
 
 class HardPoseGenerator(nn.Module):
