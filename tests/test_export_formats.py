@@ -1,0 +1,250 @@
+"""Exported dataset formats (SPIN npz, HybrIK COCO-3D JSON) against the manifest and the body model;
+resume after a killed export and sharded export + merge give the same bytes as one uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from posegen_ns.body import load_body_model
+from posegen_ns.body.joint_sets import H36M_JOINT_NAMES
+from posegen_ns.dataset_formats import H36M_TO_SPIN24, SPIN24_JOINT_NAMES, camera_frame_smpl, silhouette_boxes
+from posegen_ns.errors import PoseGenInputError
+from posegen_ns.export import export_samples, merge_shards, sample_seed, shard_batches
+from posegen_ns.geometry import axis_angle_to_matrix
+
+BIN = Path(sys.executable).parent
+# passive OpenMP waiting: on a busy CI machine spinning worker threads slow torch down many times
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+NUM, BATCH = 12, 2  # 6 batches of 40 x 40 renders
+
+
+def _run(args: list[str]) -> None:
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def run_config(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("formats")
+    _run([str(BIN / "ns-posegen-capture"), "--output-dir", str(root / "capture"), "--body", "tiny", "--num-cameras", "2",
+          "--resolution", "40", "--frame-stride", "24"])
+    _run([str(BIN / "ns-train"), "posegen-human-tiny", "--data", str(root / "capture"), "--output-dir", str(root / "out")])
+    (config,) = list((root / "out").rglob("config.yml"))
+    return config
+
+
+@pytest.fixture(scope="module")
+def pipeline(run_config):
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    return eval_setup(run_config, test_mode="inference")[1]
+
+
+@pytest.fixture(scope="module")
+def reference(pipeline, run_config, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "dataset"
+    export_samples(pipeline, out, NUM, batch_size=BATCH, run_config=run_config)
+    return out
+
+
+def _dataset_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of a dataset except the manifest, by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
+
+
+def _assert_same_dataset(a: Path, b: Path) -> None:
+    fa, fb = _dataset_bytes(a), _dataset_bytes(b)
+    assert sorted(fa) == sorted(fb)
+    assert len([k for k in fa if k.startswith("images/")]) == NUM
+    for key in fa:
+        assert fa[key] == fb[key], key
+    ma, mb = (json.loads((x / "manifest.json").read_text()) for x in (a, b))
+    assert ma["samples"] == mb["samples"] and ma["num_samples"] == mb["num_samples"] == NUM
+
+
+# ------------------------------------------------------------------------------------ pure helpers
+def test_spin_joint_map_by_name():
+    names = {H36M_JOINT_NAMES[i]: SPIN24_JOINT_NAMES[j] for i, j in enumerate(H36M_TO_SPIN24)}
+    assert names["right_ankle"] == "Right Ankle" and names["left_wrist"] == "Left Wrist"
+    assert names["pelvis"] == "Pelvis (MPII)" and names["head_top"] == "Head (H36M)" and names["thorax"] == "Neck (LSP)"
+    # SPIN's h36m_train.py global_idx, written in the H36M order whose legs are (right, left)
+    assert H36M_TO_SPIN24 == (14, 2, 1, 0, 3, 4, 5, 16, 12, 17, 18, 9, 10, 11, 8, 7, 6)
+
+
+def test_camera_frame_smpl_round_trip():
+    body = load_body_model("tiny")
+    g = torch.Generator().manual_seed(3)
+    B = 3
+    pose, orient = 0.3 * torch.randn(B, 69, generator=g), torch.randn(B, 3, generator=g)
+    betas, transl = torch.randn(B, body.num_betas, generator=g), torch.randn(B, 3, generator=g)
+    R = axis_angle_to_matrix(torch.randn(B, 3, generator=g))
+    t = torch.randn(B, 3, generator=g)
+    world = body(pose, orient, betas, transl)
+    orient_cam, transl_cam = camera_frame_smpl(orient, transl, world.rest_joints[:, 0], R, t)
+    cam = body(pose, orient_cam, betas, transl_cam)
+    torch.testing.assert_close(cam.vertices, torch.einsum("bij,bvj->bvi", R, world.vertices) + t[:, None], atol=1e-5, rtol=1e-5)
+
+
+def test_silhouette_boxes():
+    mask = torch.zeros(2, 5, 7, dtype=torch.bool)
+    mask[0, 1:4, 2:6] = True
+    mask[0, 4, 0] = True
+    boxes, area = silhouette_boxes(mask)
+    assert boxes[0].tolist() == [0.0, 1.0, 6.0, 5.0] and area.tolist() == [13.0, 0.0]
+    assert torch.isnan(boxes[1]).all()
+
+
+def test_sample_seed_and_shard_plan():
+    assert sample_seed(0, 5) == sample_seed(0, 5) and len({sample_seed(s, i) for s in range(3) for i in range(50)}) == 150
+    assert shard_batches(7, 2) == [(0, 2), (2, 4), (4, 6), (6, 7)]
+    assert shard_batches(7, 2, 1, 3) == [(2, 4)] and shard_batches(7, 2, 0, 3) == [(0, 2), (6, 7)]
+
+
+# ------------------------------------------------------------------------------------ formats
+def test_spin_npz_matches_manifest_and_body(reference):
+    manifest = json.loads((reference / "manifest.json").read_text())
+    L = dict(np.load(reference / "labels.npz"))
+    spin = dict(np.load(reference / "spin.npz"))
+    N = manifest["num_samples"]
+    assert N == NUM and spin["imgname"].shape == (N,) and spin["part"].shape == (N, 24, 3) and spin["S"].shape == (N, 24, 4)
+    assert spin["pose"].shape == (N, 72) and spin["shape"].shape == (N, 10) and spin["center"].shape == (N, 2)
+    assert list(spin["imgname"]) == [s["image"] for s in manifest["samples"]]
+    assert all((reference / name).is_file() for name in list(spin["imgname"]) + list(spin["maskname"]))
+    have = np.array(H36M_TO_SPIN24)
+    absent = np.setdiff1d(np.arange(24), have)
+    assert (spin["part"][:, absent] == 0).all() and (spin["S"][:, absent] == 0).all()
+    assert (spin["part"][:, have, 2] == 1).all() and (spin["S"][:, have, 3] == 1).all()
+    # 2D parts = K-projected 3D joints (S is root-centred at the H36M pelvis, root_cam puts it back)
+    X = spin["S"][:, have, :3] + spin["root_cam"][:, None]
+    uv = np.einsum("bij,bnj->bni", spin["K"], X / X[..., 2:3])[..., :2]
+    np.testing.assert_allclose(uv, spin["part"][:, have, :2], atol=2e-3)
+    np.testing.assert_allclose(spin["part"][:, have, :2], L["joints_h36m_2d"], atol=0)
+    np.testing.assert_allclose(spin["S"][:, 14, :3], 0, atol=0)  # 'Pelvis (MPII)' is the root
+    # left/right by name: SPIN's 'Right Hip' is the body's right hip (SMPL joint 2), not the left (1)
+    cam = L["joints_smpl_cam"]
+    for spin_j, same, other in ((2, 2, 1), (3, 1, 2), (8, 17, 16), (9, 16, 17)):
+        p = spin["S"][:, spin_j, :3] + spin["root_cam"]
+        assert (np.linalg.norm(p - cam[:, same], axis=-1) < np.linalg.norm(p - cam[:, other], axis=-1)).all()
+    # box: centre and scale = side / 200 of the exported square box
+    np.testing.assert_allclose(spin["center"], 0.5 * (L["boxes"][:, :2] + L["boxes"][:, 2:]), atol=1e-5)
+    np.testing.assert_allclose(spin["scale"] * 200, L["boxes"][:, 2] - L["boxes"][:, 0], rtol=1e-5)
+    # parameter round trip: camera-frame pose + shape reproduce the root-relative camera-frame joints
+    body = load_body_model("tiny")
+    pose = torch.from_numpy(spin["pose"])
+    out = body(pose[:, 3:], pose[:, :3], torch.from_numpy(spin["shape"][:, : body.num_betas]), torch.zeros(N, 3))
+    rel = (out.joints - out.joints[:, :1]).numpy()
+    np.testing.assert_allclose(rel, cam - cam[:, :1], atol=2e-5)
+    np.testing.assert_allclose(spin["shape"][:, body.num_betas:], 0)
+
+
+def test_coco3d_json_matches_manifest_and_body(reference):
+    manifest = json.loads((reference / "manifest.json").read_text())
+    L = dict(np.load(reference / "labels.npz"))
+    coco = json.loads((reference / "coco3d.json").read_text())
+    N = manifest["num_samples"]
+    assert len(coco["images"]) == len(coco["annotations"]) == N and "H36mSMPL" in coco["info"]["loader"]
+    body = load_body_model("tiny")
+    for i, (img, ann) in enumerate(zip(coco["images"], coco["annotations"])):
+        sample = manifest["samples"][i]
+        assert img["id"] == ann["image_id"] == sample["index"] == i
+        assert f"images/{img['file_name']}" == sample["image"] and (img["width"], img["height"]) == (40, 40)
+        f, c = np.array(img["cam_param"]["f"]), np.array(img["cam_param"]["c"])
+        j17 = np.array(ann["h36m_joints"]).reshape(17, 3)  # millimetres, camera frame
+        j24 = np.array(ann["smpl_joints"]).reshape(24, 3)
+        np.testing.assert_allclose(j17 / 1000, L["joints_h36m_cam"][i], atol=1e-6)
+        np.testing.assert_allclose(j24 / 1000, L["joints_smpl_cam"][i], atol=1e-6)
+        np.testing.assert_allclose(ann["root_coord"], j17[0], atol=0)
+        # HybrIK's cam2pixel on the 3D joints gives the exported 2D joints
+        np.testing.assert_allclose(j17[:, :2] / j17[:, 2:] * f + c, L["joints_h36m_2d"][i], atol=2e-3)
+        # parameter round trip: thetas / betas / trans pose the body in the camera frame
+        theta = torch.tensor(ann["thetas"], dtype=torch.float32)[None]
+        betas = torch.tensor(ann["betas"], dtype=torch.float32)[None, : body.num_betas]
+        trans = torch.tensor(ann["smpl_param"]["trans"], dtype=torch.float32)[None]
+        assert ann["smpl_param"]["pose"] == ann["thetas"] and ann["smpl_param"]["shape"] == ann["betas"]
+        out = body(theta[:, 3:], theta[:, :3], betas, trans)
+        np.testing.assert_allclose(out.joints[0].numpy() * 1000, j24, atol=0.05)
+        # bbox = tight box of the written mask, xywh
+        mask = cv2.imread(str(reference / sample["mask"]), cv2.IMREAD_GRAYSCALE) > 127
+        ys, xs = np.nonzero(mask)
+        assert ann["bbox"] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+        assert ann["area"] == mask.sum()
+
+
+# ------------------------------------------------------------------------------------ resume, shards
+def test_killed_export_resumes_to_identical_dataset(run_config, pipeline, reference, tmp_path, capsys):
+    out = tmp_path / "dataset"
+    partial = tmp_path / ".dataset.partial"
+    log = open(tmp_path / "log.txt", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "ns-posegen-export"), "--load-config", str(run_config), "--output-dir", str(out),
+         "--num-samples", str(NUM), "--batch-size", str(BATCH)], stdout=log, stderr=subprocess.STDOUT, env=ENV,
+    )
+    deadline = time.time() + 120
+    while not list((partial / ".batches").glob("labels-*.npz")):
+        assert proc.poll() is None, (tmp_path / "log.txt").read_text()
+        assert time.time() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list((partial / ".batches").glob("labels-*.npz")))
+    assert not out.exists() and 1 <= done < NUM // BATCH
+    export_samples(pipeline, out, NUM, batch_size=BATCH, run_config=run_config)  # resumes
+    assert f"{done * BATCH} of {NUM} samples already written" in capsys.readouterr().out
+    assert not partial.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "log.txt"]
+    _assert_same_dataset(out, reference)
+
+
+def test_interrupted_export_keeps_partial_and_checks_settings(run_config, pipeline, reference, tmp_path):
+    out = tmp_path / "small"
+    original = pipeline.render_and_score
+    calls = {"n": 0}
+
+    def interrupt_on_second(sample):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(sample)
+
+    pipeline.render_and_score = interrupt_on_second
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            export_samples(pipeline, out, 4, batch_size=BATCH, run_config=run_config)
+    finally:
+        pipeline.render_and_score = original
+    assert (tmp_path / ".small.partial" / "progress.json").is_file() and not out.exists()
+    with pytest.raises(PoseGenInputError, match="partial export with other settings.*seed: 0 vs 1"):
+        export_samples(pipeline, out, 4, batch_size=BATCH, seed=1, run_config=run_config)
+    export_samples(pipeline, out, 4, batch_size=BATCH, run_config=run_config)
+    # sample i depends only on (seed, i): the first 4 samples of the 12-sample reference
+    small, ref = np.load(out / "labels.npz"), np.load(reference / "labels.npz")
+    for key in small.files:
+        np.testing.assert_array_equal(small[key], ref[key][:4], err_msg=key)
+    assert (out / "images" / "000003.png").read_bytes() == (reference / "images" / "000003.png").read_bytes()
+
+
+def test_sharded_export_merges_to_identical_dataset(run_config, pipeline, reference, tmp_path):
+    shards = tmp_path / "shards"
+    export_samples(pipeline, shards, NUM, batch_size=BATCH, run_config=run_config, shard_index=0, num_shards=3)
+    with pytest.raises(PoseGenInputError, match=r"shards \[1, 2\] of 3 are missing"):
+        merge_shards(shards, tmp_path / "merged")
+    for k in (1, 2):
+        export_samples(pipeline, shards, NUM, batch_size=BATCH, run_config=run_config, shard_index=k, num_shards=3)
+    part = np.load(shards / "shard-1" / "labels.npz")
+    assert part["sample_index"].tolist() == [2, 3, 8, 9]
+    merged = merge_shards(shards, tmp_path / "merged")
+    _assert_same_dataset(merged, reference)
+    assert json.loads((merged / "manifest.json").read_text())["shard"] is None
+    with pytest.raises(PoseGenInputError, match="exists; pass --overwrite"):
+        merge_shards(shards, merged)
