@@ -23,6 +23,9 @@ ENTRY_POINT_GROUP = "posegen.critics"
 BUILTIN_CRITICS: dict[str, str] = {
     "hmr": "adapters.hmr:load_hmr_critic",
     "spin": "adapters.hmr:load_hmr_critic",  # SPIN's weights are an HMR regressor
+    "hybrik-res34": "adapters.hybrik:load_hybrik_res34_critic",  # Simple3DPoseBaseSMPLCam
+    "hybrik-hrw48": "adapters.hybrik:load_hybrik_hrw48_critic",  # HRNetSMPLCam
+    "blazepose": "adapters.blackbox:load_blazepose_critic",  # mediapipe, own environment, no gradients
 }
 """Built-in critic name -> ``"module:function"`` loader (available without installing the package)."""
 
@@ -33,10 +36,10 @@ def _resolve(target: str) -> Callable[..., Critic]:
 
 
 def available_critics() -> dict[str, str]:
-    """Name -> loader target, built-ins first, then installed entry points (which may not
-    override a built-in name)."""
+    """Name -> loader target, built-ins first (in :data:`BUILTIN_CRITICS` order), then installed
+    entry points sorted by name (which may not override a built-in name)."""
     found = dict(BUILTIN_CRITICS)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         found.setdefault(ep.name, ep.value)
     return found
 
@@ -51,7 +54,7 @@ def load_critic(name: str, checkpoint: str | Path | None = None, **data_files: A
     critics = available_critics()
     if name not in critics:
         raise PoseGenInputError(
-            f"unknown critic {name!r}; available critics: {', '.join(sorted(critics))} "
+            f"unknown critic {name!r}; available critics: {', '.join(critics)} "
             f"(third-party critics register under the entry-point group '{ENTRY_POINT_GROUP}')."
         )
     critic = _resolve(critics[name])(checkpoint, **data_files)
