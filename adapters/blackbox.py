@@ -120,6 +120,8 @@ class SubprocessPredictor:
         python: interpreter of the worker's environment.
         script: the worker script (default :mod:`adapters.blazepose_worker`).
         args: extra command-line arguments for the script.
+        joint_names: if given, the worker's joints (named in its hello) are returned in this
+            order, matched by name (so the worker and posegen-ns may order joints differently).
 
     The process starts on first use (or :meth:`start`) and stops on :meth:`close`, at garbage
     collection, or when the client exits. Its stderr goes to a temporary file whose tail is
@@ -130,11 +132,14 @@ class SubprocessPredictor:
             (e.g. mediapipe missing); the message says how to create the environment.
     """
 
-    def __init__(self, python: str | Path, script: str | Path = WORKER_SCRIPT, args: tuple[str, ...] = ()):
+    def __init__(self, python: str | Path, script: str | Path = WORKER_SCRIPT, args: tuple[str, ...] = (),
+                 joint_names: tuple[str, ...] | None = None):
         self.python = str(python)
         self.script = str(script)
         self.args = tuple(args)
+        self.joint_names = joint_names
         self.info: dict[str, Any] = {}
+        self._order: list[int] | None = None
         self._proc: subprocess.Popen | None = None
         self._stderr = None
         self._lock = threading.Lock()
@@ -165,11 +170,19 @@ class SubprocessPredictor:
             self.close()
             raise PoseGenInputError(f"black-box worker {self.script} failed to start under {self.python}: {detail}. "
                                     f"Create its environment with: {BLAZEPOSE_SETUP}.")
-        self.info = json.loads(text)
-        if self.info.get("protocol") != PROTOCOL_VERSION:
+        info = json.loads(text)
+        if info.get("protocol") != PROTOCOL_VERSION:
             self.close()
-            raise RuntimeError(f"worker {self.script} speaks protocol {self.info.get('protocol')}, not {PROTOCOL_VERSION}")
-        return self.info
+            raise RuntimeError(f"worker {self.script} speaks protocol {info.get('protocol')}, not {PROTOCOL_VERSION}")
+        if self.joint_names is not None:
+            theirs = list(info.get("joint_names", []))
+            lacking = [n for n in self.joint_names if n not in theirs]
+            if lacking:
+                self.close()
+                raise RuntimeError(f"worker {self.script} does not provide the joints {lacking} (it has {theirs})")
+            self._order = [theirs.index(n) for n in self.joint_names]
+        self.info = info
+        return info
 
     def __call__(self, images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         with self._lock:
@@ -188,7 +201,7 @@ class SubprocessPredictor:
             text = message_text(reply)
             if text is not None:
                 raise RuntimeError(f"black-box worker {self.script} failed on this batch: {text}")
-            return reply
+            return reply if self._order is None else reply[:, self._order]
 
     def close(self) -> None:
         """Stop the worker (closing its stdin lets it exit cleanly)."""
@@ -252,7 +265,7 @@ def load_blazepose_critic(checkpoint: str | Path | None = None, **options: Any) 
     if unknown:
         raise PoseGenInputError(f"load_critic('blazepose'): unknown options {unknown}; accepted: {list(_BLAZEPOSE_OPTIONS)}.")
     args = tuple(options.get("worker_args") or ()) + ("--model-complexity", str(int(options.get("model_complexity") or 1)))
-    predictor = SubprocessPredictor(blazepose_python(options.get("python")), WORKER_SCRIPT, args)
+    predictor = SubprocessPredictor(blazepose_python(options.get("python")), WORKER_SCRIPT, args, JOINT_SETS["lsp14"])
     return BlackBoxCritic(predictor, "lsp14", name="blazepose")
 
 

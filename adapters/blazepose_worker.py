@@ -56,7 +56,7 @@ LSP14_NAMES: tuple[str, ...] = (
     "left_ankle", "left_knee", "left_hip", "right_hip", "right_knee", "right_ankle", "right_wrist",
     "right_elbow", "right_shoulder", "left_shoulder", "left_elbow", "left_wrist", "thorax", "head_top",
 )
-"""posegen-ns' LSP-14 order (``JOINT_SETS['lsp14']``; the client checks they agree)."""
+"""The worker's joint order, sent in its hello; clients match joints by these names."""
 LSP14_FROM_BLAZEPOSE: tuple[int | None, ...] = (27, 25, 23, 24, 26, 28, 16, 14, 12, 11, 13, 15, None, None)
 """BlazePose landmark of each LSP-14 joint; ``None``: derived (thorax, head top; module docstring)."""
 HEAD_TOP_FACTOR = 0.6

@@ -52,10 +52,23 @@ def test_blackbox_critic_quantises_reroots_and_has_no_gradient():
 
 
 # ---- the worker protocol ------------------------------------------------------------------------
+def test_worker_joint_names_are_matched_by_name():
+    pred = SubprocessPredictor(sys.executable, args=("--backend", "echo"), joint_names=tuple(reversed(LSP14_NAMES)))
+    try:
+        out = pred(np.zeros((1, 3, 2, 2), np.uint8), np.array([[0, 0, 2, 2]], np.float32))
+        assert np.allclose(out[0], np.linspace(-0.5, 0.5, 42, dtype=np.float32).reshape(14, 3)[::-1])
+    finally:
+        pred.close()
+    bad = SubprocessPredictor(sys.executable, args=("--backend", "echo"), joint_names=("pelvis",))
+    with pytest.raises(RuntimeError, match=r"does not provide the joints \['pelvis'\]"):
+        bad.start()
+
+
 def test_worker_echo_roundtrip_errors_and_close():
     pred = SubprocessPredictor(sys.executable, args=("--backend", "echo"))
     info = pred.start()
-    assert info["joint_set"] == "lsp14" and tuple(info["joint_names"]) == JOINT_SETS["lsp14"] == LSP14_NAMES
+    assert info["joint_set"] == "lsp14" and tuple(info["joint_names"]) == LSP14_NAMES
+    assert sorted(LSP14_NAMES) == sorted(JOINT_SETS["lsp14"])  # same joints; the client matches them by name
     images = np.stack([np.zeros((3, 4, 5), np.uint8), np.full((3, 4, 5), 255, np.uint8)])
     boxes = np.array([[0, 0, 5, 4], [1, 1, 3, 3]], np.float32)
     out = pred(images, boxes)
@@ -74,8 +87,10 @@ def test_blazepose_critic_through_the_registry_with_echo_worker():
     try:
         assert critic.joint_set == "lsp14" and not critic.differentiable
         joints = critic(torch.zeros(2, 3, 8, 8), torch.tensor([[0.0, 0, 8, 8]] * 2))
-        base = torch.linspace(-0.5, 0.5, 42).reshape(14, 3)
-        assert torch.allclose(joints[0], base - base[2:4].mean(0), atol=1e-6)
+        names = JOINT_SETS["lsp14"]
+        base = torch.linspace(-0.5, 0.5, 42).reshape(14, 3)[[LSP14_NAMES.index(n) for n in names]]  # by name
+        hips = base[[names.index("left_hip"), names.index("right_hip")]].mean(0)
+        assert torch.allclose(joints[0], base - hips, atol=1e-6)
     finally:
         critic.close()
 
