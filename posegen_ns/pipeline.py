@@ -93,6 +93,21 @@ class CriticConfig:
     ``adapters.load_critic`` (built-ins or the ``posegen.critics`` entry-point group)."""
     checkpoint: Optional[Path] = None
     """Checkpoint of the critic (official file for 'spin' / 'hybrik-*')."""
+    body: Optional[str] = None
+    """Body the critic predicts with: an SMPL file for official SPIN/HybrIK weights (default: the run's body;
+    HybrIK checkpoints carry their own SMPL buffers and need none)."""
+    j_regressor_h36m: Optional[Path] = None
+    """SPIN's J_regressor_h36m.npy (with official SMPL files)."""
+    smpl_mean_params: Optional[Path] = None
+    """SPIN's smpl_mean_params.npz (for 'spin' / 'hmr' with official weights)."""
+    h36m_mean_beta: Optional[Path] = None
+    """HybrIK's h36m_mean_beta.npy (optional; the checkpoint's own buffer otherwise)."""
+    python: Optional[Path] = None
+    """Python with mediapipe for 'blazepose' (default: $POSEGEN_BLAZEPOSE_PYTHON)."""
+    es_samples: int = 4
+    """Black-box critics: perturbations per sample for the evolution-strategy gradient (even)."""
+    es_sigma: float = 0.05
+    """Black-box critics: perturbation scale (radians for poses and angles, metres, focal scale)."""
     pretrain_steps: int = 1500
     """Steps of pre-training for the default critic (only when it is not cached yet)."""
     input_size: int = 64
@@ -203,7 +218,13 @@ class PoseGenPipeline(VanillaPipeline):
                 body=body_source, steps=cfg.pretrain_steps, input_size=cfg.input_size, backbone=cfg.backbone
             )
             return load_critic("hmr", checkpoint=checkpoint, body=body_source, backbone=cfg.backbone, input_size=cfg.input_size)
-        return load_critic(cfg.name, checkpoint=cfg.checkpoint)
+        options = {
+            "body": cfg.body, "j_regressor_h36m": cfg.j_regressor_h36m, "smpl_mean_params": cfg.smpl_mean_params,
+            "h36m_mean_beta": cfg.h36m_mean_beta, "python": cfg.python,
+        }
+        if cfg.name in ("hmr", "spin") and cfg.body is None:
+            options["body"] = body_source  # HMR needs a body; HybrIK falls back to its checkpoint's SMPL
+        return load_critic(cfg.name, checkpoint=cfg.checkpoint, **{k: v for k, v in options.items() if v is not None})
 
     @property
     def loop_started(self) -> bool:
@@ -303,8 +324,10 @@ class PoseGenPipeline(VanillaPipeline):
     def _loop_step(self):
         cfg = self.config.sampler
         with torch.no_grad():  # running reference: the critic's error on prior samples
-            prior_err = self.render_and_score(self.draw(cfg.batch_size, hard=False)).error.mean()
-            if not self.loop_started:
+            prior_err = self.render_and_score(self.draw(cfg.batch_size, hard=False)).error.nanmean()
+            if not torch.isfinite(prior_err):  # a black-box critic found nobody: keep the reference
+                pass
+            elif not self.loop_started:
                 self.reference_error.copy_(prior_err)
             else:
                 self.reference_error.mul_(cfg.reference_momentum).add_((1 - cfg.reference_momentum) * prior_err)
@@ -317,8 +340,12 @@ class PoseGenPipeline(VanillaPipeline):
         real_idx = torch.randint(self.prior_body_pose.shape[0], (cfg.batch_size * 4,), generator=self.noise)
         real_logits = self.discriminator(self.prior_body_pose[real_idx.to(self.prior_body_pose.device)])
         fake_d = self.discriminator(sample.body_pose.detach())
+        if getattr(self.critic, "differentiable", True):
+            hardness = bounded_hardness_loss(scored.error, self.reference_error, cfg.target_ratio)
+        else:
+            hardness = self._black_box_hardness(sample)
         losses = {
-            "hardness": cfg.hardness_weight * bounded_hardness_loss(scored.error, self.reference_error, cfg.target_ratio),
+            "hardness": cfg.hardness_weight * hardness,
             "adversarial": cfg.adversarial_weight * bce(fake_logits, torch.ones_like(fake_logits)),
             "joint_limits": cfg.limit_weight * joint_limit_penalty(sample.body_pose).mean(),
             "pose_residual": cfg.residual_weight * sample.residual.pow(2).sum(-1).mean(),
@@ -326,11 +353,33 @@ class PoseGenPipeline(VanillaPipeline):
             "diversity": cfg.diversity_weight * self._mode_seeking(sample),
         }
         metrics = {
-            "critic_mpjpe_hard_mm": scored.error.mean().detach() * 1000,
+            "critic_mpjpe_hard_mm": scored.error.nanmean().detach() * 1000,
             "critic_mpjpe_prior_mm": self.reference_error * 1000,
-            "hardness_ratio": scored.error.mean().detach() / self.reference_error,
+            "hardness_ratio": scored.error.nanmean().detach() / self.reference_error,
         }
         return {"rgb": scored.images}, losses, metrics
+
+    def _black_box_hardness(self, sample: PoseCameraSample) -> torch.Tensor:
+        """Hardness feedback from a critic without gradients (e.g. BlazePose): an antithetic
+        evolution-strategy estimate (Salimans et al. 2017) of the gradient of the bounded hardness
+        reward w.r.t. the sampler's noise-free output x = (body_pose, global_orient, camera), turned
+        into a surrogate loss (``adapters.blackbox.es_surrogate``) that back-propagates into the
+        generator. ES needs no log-probability, so the generator stays deterministic. A failed
+        detection (NaN joints) counts as an error at the target ratio: a miss is a hard case."""
+        from adapters.blackbox import es_perturb, es_surrogate
+
+        cfg, ccfg = self.config.sampler, self.config.critic
+        x = torch.cat([sample.body_pose, sample.global_orient, sample.camera], -1)  # (B, 77)
+        points, eps = es_perturb(x, ccfg.es_samples, ccfg.es_sigma, generator=self.noise)
+        B, K, D = points.shape
+        flat = points.reshape(B * K, D)
+        lo, hi = self.generator.bounds[:, 0], self.generator.bounds[:, 1]
+        with torch.no_grad():
+            perturbed = PoseCameraSample(flat[:, :69], flat[:, 69:72], torch.maximum(torch.minimum(flat[:, 72:], hi), lo))
+            err = self.render_and_score(perturbed).error
+            err = torch.nan_to_num(err, nan=float(self.reference_error) * cfg.target_ratio)
+            rewards = -bounded_hardness_loss(err, self.reference_error, cfg.target_ratio, reduce=False).reshape(B, K)
+        return es_surrogate(x, rewards, eps, ccfg.es_sigma) + rewards.mean().neg().detach()
 
     def _mode_seeking(self, sample: PoseCameraSample) -> torch.Tensor:
         """Mode-seeking regulariser (Mao et al., CVPR 2019): ``1 / (d(G(z1), G(z2)) / d(z1, z2) + eps)``
@@ -396,7 +445,8 @@ class PoseGenPipeline(VanillaPipeline):
         for kind, hard in (("hard", True), ("prior", False)):
             samples = [self.draw(min(8, num - i), hard=hard, noise=gen) for i in range(0, num, 8)]
             errors = torch.cat([self.render_and_score(s).error for s in samples])
-            out[f"mpjpe_{kind}_mm"] = float(errors.mean()) * 1000
+            out[f"mpjpe_{kind}_mm"] = float(errors.nanmean()) * 1000
+            out[f"{kind}_failed_detections"] = float(errors.isnan().float().mean())
             merged = PoseCameraSample(*(torch.cat([getattr(s, f) for s in samples]) for f in ("body_pose", "global_orient", "camera")))
             out.update({f"{kind}_{k}": v for k, v in self.diversity(merged).items()})
         out["hardness_ratio"] = out["mpjpe_hard_mm"] / out["mpjpe_prior_mm"]

@@ -128,3 +128,34 @@ def test_loop_gradients_reach_pose_and_camera(trained_run):
     scored.error.sum().backward()
     assert torch.isfinite(pose.grad).all() and pose.grad.abs().sum() > 0
     assert torch.isfinite(camera.grad).all() and camera.grad.abs().sum() > 0
+
+
+def test_black_box_critic_drives_the_generator_by_evolution_strategies(trained_run):
+    """With a critic that gives no gradients, the loop's hardness loss still reaches the generator
+    (ES surrogate), and a detection failure (NaN) does not poison the step."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from adapters.blackbox import BlackBoxCritic
+
+    _, pipeline, _, _ = eval_setup(trained_run, test_mode="inference")
+
+    def brightness_fn(images, boxes):  # a "pose estimator" whose output depends on the image content
+        B = images.shape[0]
+        level = images.reshape(B, -1).mean(-1) / 255.0
+        joints = np.zeros((B, 17, 3), dtype=np.float32)
+        joints[:, :, 1] = level[:, None] * np.linspace(-1, 1, 17)[None]
+        joints[0] = np.nan  # the first image: no person found
+        return joints
+
+    pipeline.critic = BlackBoxCritic(brightness_fn, "h36m17")
+    assert not pipeline.critic.differentiable
+    pipeline.reference_error.fill_(0.2)
+    pipeline.train()
+    for p in pipeline.model.field.parameters():
+        p.requires_grad_(False)
+    _, losses, _ = pipeline._loop_step()
+    assert torch.isfinite(losses["hardness"])
+    pipeline.generator.zero_grad()
+    losses["hardness"].backward()
+    grads = [p.grad for p in pipeline.generator.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0

@@ -8,7 +8,9 @@ import torch
 from torch import Tensor
 
 
-def bounded_hardness_loss(error: Tensor, reference_error: Tensor | float, target_ratio: float = 2.0, width: float = 1.0) -> Tensor:
+def bounded_hardness_loss(
+    error: Tensor, reference_error: Tensor | float, target_ratio: float = 2.0, width: float = 1.0, reduce: bool = True
+) -> Tensor:
     """Bounded feedback that drives the critic's error on generated samples towards
     ``target_ratio`` times its error on prior samples, and no further.
 
@@ -24,12 +26,15 @@ def bounded_hardness_loss(error: Tensor, reference_error: Tensor | float, target
         target_ratio: wanted hardness ratio (> 1).
         width: tolerance in log-ratio units.
 
+        reduce: average over the batch (default) or return the ``(B,)`` per-sample losses.
+
     Returns:
-        Scalar loss.
+        Scalar loss, or ``(B,)`` with ``reduce=False``.
     """
     ref = torch.as_tensor(reference_error, dtype=error.dtype, device=error.device).clamp_min(1e-6)
     log_r = torch.log(error.clamp_min(1e-6) / ref)
-    return (1.0 - torch.exp(-(((log_r - math.log(target_ratio)) / width) ** 2))).mean()
+    loss = 1.0 - torch.exp(-(((log_r - math.log(target_ratio)) / width) ** 2))
+    return loss.mean() if reduce else loss
 
 
 # Flexion of knees and elbows in SMPL's joint frames (see posegen_ns.body.joint_sets):
