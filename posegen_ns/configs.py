@@ -57,7 +57,7 @@ posegen_human = MethodSpecification(
             datamanager=PoseGenDataManagerConfig(images_per_batch=4),
             model=PoseGenHumanModelConfig(num_gaussians=6000),
             sampler=SamplerConfig(batch_size=6),
-            critic=CriticConfig(pretrain_steps=1500),
+            critic=CriticConfig(pretrain_steps=1000),
             field_steps=1500,
         ),
         loop_steps=300,

@@ -108,7 +108,7 @@ class CriticConfig:
     """Black-box critics: perturbations per sample for the evolution-strategy gradient (even)."""
     es_sigma: float = 0.05
     """Black-box critics: perturbation scale (radians for poses and angles, metres, focal scale)."""
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 1000
     """Steps of pre-training for the default critic (only when it is not cached yet)."""
     input_size: int = 64
     """Crop size of the default critic."""
