@@ -47,13 +47,13 @@ from torch import Tensor
 
 from posegen_ns.body.joint_sets import H36M_TO_LSP14
 from posegen_ns.errors import PoseGenInputError
+from posegen_ns.dataset_formats import H36M_TO_SPIN24
 from posegen_ns.metrics import auc, pck, procrustes_align, root_align
 
-J24_FROM_H36M17: tuple[int, ...] = (14, 3, 4, 5, 2, 1, 0, 16, 12, 17, 18, 9, 10, 11, 8, 7, 6)
-"""Row of SPIN's 24-joint ground-truth layout (``S``) holding each H36M-17 joint (our
-``H36M_JOINT_NAMES`` order): SPIN's ``global_idx`` in ``datasets/preprocess/h36m.py`` and
-``mpi_inf_3dhp.py``. With it, SPIN's ``J24_TO_J14`` / ``J24_TO_J17`` select the same joints as
-``H36M_TO_J14`` / ``H36M_TO_J17`` on predictions."""
+J24_FROM_H36M17: tuple[int, ...] = H36M_TO_SPIN24
+"""Row of SPIN's 24-joint ground-truth layout (``S``) holding each H36M-17 joint (SPIN's
+``global_idx``; defined once in :mod:`posegen_ns.dataset_formats`). With it, SPIN's ``J24_TO_J14`` /
+``J24_TO_J17`` select the same joints as ``H36M_TO_J14`` / ``H36M_TO_J17`` on predictions."""
 
 SPIN_BOX_PIXELS = 200.0
 """SPIN's box convention: side = ``scale * 200`` pixels."""

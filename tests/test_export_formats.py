@@ -79,8 +79,8 @@ def test_spin_joint_map_by_name():
     names = {H36M_JOINT_NAMES[i]: SPIN24_JOINT_NAMES[j] for i, j in enumerate(H36M_TO_SPIN24)}
     assert names["right_ankle"] == "Right Ankle" and names["left_wrist"] == "Left Wrist"
     assert names["pelvis"] == "Pelvis (MPII)" and names["head_top"] == "Head (H36M)" and names["thorax"] == "Neck (LSP)"
-    # SPIN's h36m_train.py global_idx, written in the H36M order whose legs are (right, left)
-    assert H36M_TO_SPIN24 == (14, 2, 1, 0, 3, 4, 5, 16, 12, 17, 18, 9, 10, 11, 8, 7, 6)
+    # exactly SPIN's global_idx (datasets/preprocess/h36m_train.py): H36M joints 1-3 are the left leg
+    assert H36M_TO_SPIN24 == (14, 3, 4, 5, 2, 1, 0, 16, 12, 17, 18, 9, 10, 11, 8, 7, 6)
 
 
 def test_camera_frame_smpl_round_trip():
