@@ -3,9 +3,12 @@
 Like PoseAug (Gong et al., CVPR 2021) it augments real poses rather than generating from noise
 alone: given a real mocap pose and noise it outputs a bounded per-joint rotation residual
 (``max_residual * tanh``, radians, axis-angle composed on the right of each joint's rotation) and a
-camera (azimuth about the body's facing direction, elevation, distance, roll, focal scale), each
-squashed by a sigmoid into :class:`CameraRanges`. Everything is differentiable, so the critic's error
-on the rendered image back-propagates into the generator through the renderer.
+camera (azimuth about the body's facing direction, elevation, distance, roll, focal scale). The
+camera is a learned *distribution*: per-sample logits ``mu + (min_camera_std + softplus(s)) * n``
+with ``n`` the first five noise components, squashed by a sigmoid into :class:`CameraRanges`; the
+floor ``min_camera_std`` on the spread keeps the camera distribution from collapsing onto one
+view (a deterministic camera head did, in practice). Everything is differentiable (reparameterised),
+so the critic's error on the rendered image back-propagates into the generator through the renderer.
 """
 
 from __future__ import annotations
@@ -61,10 +64,18 @@ class HardPoseGenerator(nn.Module):
         hidden: width of the hidden layers.
         max_residual: bound on each joint's residual rotation components, radians.
         ranges: camera ranges.
+        min_camera_std: floor on the spread of each camera logit (sigmoid space: 1.0 spans about
+            the middle half of each range).
     """
 
-    def __init__(self, noise_dim: int = 32, hidden: int = 256, max_residual: float = 0.6, ranges: CameraRanges | None = None):
+    def __init__(
+        self, noise_dim: int = 32, hidden: int = 256, max_residual: float = 0.6, ranges: CameraRanges | None = None,
+        min_camera_std: float = 1.0,
+    ):
         super().__init__()
+        if noise_dim < 5:
+            raise ValueError("noise_dim must be at least 5 (the camera draws on the first five components)")
+        self.min_camera_std = min_camera_std
         self.noise_dim = noise_dim
         self.max_residual = max_residual
         self.ranges = ranges or CameraRanges()
@@ -74,10 +85,11 @@ class HardPoseGenerator(nn.Module):
             nn.Linear(in_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden), nn.LeakyReLU(0.2)
         )
         self.pose_head = nn.Linear(hidden, 24 * 3)
-        self.camera_head = nn.Linear(hidden, 5)
+        self.camera_head = nn.Linear(hidden, 10)  # 5 means and 5 spread logits
         nn.init.zeros_(self.pose_head.weight)
         nn.init.zeros_(self.pose_head.bias)
-        nn.init.normal_(self.camera_head.weight, std=0.5)
+        nn.init.normal_(self.camera_head.weight, std=0.1)
+        nn.init.zeros_(self.camera_head.bias)
 
     def forward(self, body_pose: Tensor, global_orient: Tensor, noise: Tensor) -> PoseCameraSample:
         """Args: real ``body_pose (B, 69)``, ``global_orient (B, 3)``, ``noise (B, noise_dim)``."""
@@ -90,5 +102,7 @@ class HardPoseGenerator(nn.Module):
         new_rot = rot @ axis_angle_to_matrix(residual)
         new = matrix_to_axis_angle(new_rot).reshape(B, 72)
         lo, hi = self.bounds[:, 0], self.bounds[:, 1]
-        camera = lo + (hi - lo) * torch.sigmoid(self.camera_head(h))
+        mu, spread = self.camera_head(h).chunk(2, dim=-1)
+        logits = mu + (self.min_camera_std + nn.functional.softplus(spread)) * noise[:, :5]
+        camera = lo + (hi - lo) * torch.sigmoid(logits)
         return PoseCameraSample(body_pose=new[:, 3:], global_orient=new[:, :3], camera=camera, residual=residual)
