@@ -85,3 +85,9 @@ def test_camera_distribution_keeps_a_floor_on_its_spread():
     az = (s.camera[:, 0] - g.bounds[0, 0]) / (g.bounds[0, 1] - g.bounds[0, 0])
     assert 0.19 < float(az.std()) < 0.23
     torch.testing.assert_close(az, torch.sigmoid(noise[:, 0]), atol=1e-5, rtol=0)
+    # a mean driven as far as it goes cannot saturate the sigmoid: logits ~ N(2, 1)
+    with torch.no_grad():
+        g.camera_head.bias[:5] = 50.0
+    az = (g(torch.zeros(4096, 69), torch.zeros(4096, 3), noise).camera[:, 0] - g.bounds[0, 0]) / (g.bounds[0, 1] - g.bounds[0, 0])
+    torch.testing.assert_close(az, torch.sigmoid(2.0 + noise[:, 0]), atol=1e-5, rtol=0)
+    assert float(az.std()) > 0.08

@@ -5,9 +5,10 @@ alone: given a real mocap pose and noise it outputs a bounded per-joint rotation
 (``max_residual * tanh``, radians, axis-angle composed on the right of each joint's rotation) and a
 camera (azimuth about the body's facing direction, elevation, distance, roll, focal scale). The
 camera is a learned *distribution*: per-sample logits ``mu + (min_camera_std + softplus(s)) * n``
-with ``n`` the first five noise components, squashed by a sigmoid into :class:`CameraRanges`; the
-floor ``min_camera_std`` on the spread keeps the camera distribution from collapsing onto one
-view (a deterministic camera head did, in practice). Everything is differentiable (reparameterised),
+with ``n`` the first five noise components and ``mu = max_camera_mean * tanh(m)`` bounded, squashed
+by a sigmoid into :class:`CameraRanges`. The bounded mean and the floor ``min_camera_std`` on the
+spread keep the camera distribution from collapsing onto one view, which a deterministic camera head
+(and an unbounded mean, saturating the sigmoid) did in practice. Everything is differentiable (reparameterised),
 so the critic's error on the rendered image back-propagates into the generator through the renderer.
 """
 
@@ -66,16 +67,20 @@ class HardPoseGenerator(nn.Module):
         ranges: camera ranges.
         min_camera_std: floor on the spread of each camera logit (sigmoid space: 1.0 spans about
             the middle half of each range).
+        max_camera_mean: bound on each camera logit's mean (2.0: the mean stays within the
+            middle 76 % of each range, so the sigmoid never saturates the spread away).
     """
 
     def __init__(
         self, noise_dim: int = 32, hidden: int = 256, max_residual: float = 0.6, ranges: CameraRanges | None = None,
         min_camera_std: float = 1.0,
+        max_camera_mean: float = 2.0,
     ):
         super().__init__()
         if noise_dim < 5:
             raise ValueError("noise_dim must be at least 5 (the camera draws on the first five components)")
         self.min_camera_std = min_camera_std
+        self.max_camera_mean = max_camera_mean
         self.noise_dim = noise_dim
         self.max_residual = max_residual
         self.ranges = ranges or CameraRanges()
@@ -103,6 +108,7 @@ class HardPoseGenerator(nn.Module):
         new = matrix_to_axis_angle(new_rot).reshape(B, 72)
         lo, hi = self.bounds[:, 0], self.bounds[:, 1]
         mu, spread = self.camera_head(h).chunk(2, dim=-1)
+        mu = self.max_camera_mean * torch.tanh(mu)
         logits = mu + (self.min_camera_std + nn.functional.softplus(spread)) * noise[:, :5]
         camera = lo + (hi - lo) * torch.sigmoid(logits)
         return PoseCameraSample(body_pose=new[:, 3:], global_orient=new[:, :3], camera=camera, residual=residual)
