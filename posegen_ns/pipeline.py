@@ -461,7 +461,7 @@ class PoseGenPipeline(VanillaPipeline):
             if step == self.config.field_steps - 1 or step == last:
                 self._report(step, base_dir, final=step == last)
 
-        return [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], report, update_every_num_iters=1)]
+        return [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], report, update_every_num_iters=1)] + self.model.get_training_callbacks(training_callback_attributes)
 
     def _report(self, step: int, base_dir: Optional[Path], final: bool) -> None:
         self.eval()
