@@ -4,6 +4,11 @@
 2-core CPU in under 15 minutes (default capture at 128 x 128, 6,000 Gaussians); pass larger
 ``--pipeline.field-steps`` / ``--max-num-iterations`` / ``--pipeline.model.num-gaussians`` on a GPU.
 ``posegen-human-tiny`` is the test preset (tiny body, a few steps).
+
+Both learn the hard distribution once against a frozen critic (``--pipeline.rounds 1``). To alternate
+with critic fine-tuning, pass e.g. ``--pipeline.rounds 3 --pipeline.loop-steps-per-round 100
+--pipeline.finetune-steps-per-round 50`` and ``--max-num-iterations`` = field steps + 3 x 150 (the
+critic's learning rate is ``--optimizers.critic.optimizer.lr``, SPIN's 5e-5 by default).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ def _optimizers(field_lr: float = 5e-3) -> dict:
         "field_appearance": adam(4 * field_lr),
         "generator": adam(1e-3),
         "discriminator": adam(1e-3),
+        "critic": adam(5e-5),  # used only when the run fine-tunes the critic (--pipeline.finetune-steps-per-round > 0)
     }
 
 

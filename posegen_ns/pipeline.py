@@ -7,6 +7,15 @@ orientation, camera) from real mocap poses and noise; the field renders them; th
 3D joints; the generator maximises the critic's error through a *bounded* hardness loss (the error
 ratio to prior poses is pulled to ``target_ratio``), with gradients through the renderer into
 pose and camera, while a part-wise discriminator against real mocap keeps poses plausible.
+Phase 3 (optional, ``finetune_steps_per_round > 0``): rounds. After phase 1 the steps alternate, for
+``rounds`` rounds, between ``loop_steps_per_round`` steps of phase 2 (the sampler learns against the
+frozen critic) and ``finetune_steps_per_round`` steps that fine-tune the critic on fresh hard samples
+mixed with its source data (:mod:`posegen_ns.finetune`: SPIN's losses, BatchNorm frozen, per-sample
+outlier filter); steps after the last round continue phase 2 against the fine-tuned critic. The
+critic is then a pipeline parameter group (``critic``, with its own optimizer in the trainer config)
+and its weights are part of the pipeline's state dict, so nerfstudio checkpoints save and restore
+the fine-tuned critic and a resumed run continues with it. ``schedule_length`` gives the number of
+steps a schedule needs (set ``--max-num-iterations`` to it).
 
 At the end of each phase the pipeline prints what it measured (held-out PSNR; the critic's MPJPE on
 hard samples vs. prior samples, the hardness ratio) and writes ``posegen_report.json`` in the run
@@ -20,7 +29,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Type
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
@@ -30,6 +39,8 @@ from rich.table import Table
 from torch.nn import Parameter
 
 from posegen_ns.datamanager import PoseGenDataManagerConfig
+from posegen_ns.errors import PoseGenInputError
+from posegen_ns.finetune import FinetuneConfig, FinetuneStats, batch_from_samples, finetune_losses, outlier_mask, select, source_count
 from posegen_ns.geometry import axis_angle_to_matrix, orbit_extrinsics, project_points
 from posegen_ns.metrics import mpjpe
 from posegen_ns.model import PoseGenHumanModelConfig, psnr
@@ -131,6 +142,49 @@ class PoseGenPipelineConfig(VanillaPipelineConfig):
     """Samples of each kind (hard, prior) used to report the hardness ratio."""
     seed: int = 0
     """Seed of the sampler's noise."""
+    rounds: int = 1
+    """Rounds of (learn the hard distribution, fine-tune the critic) after phase 1 (module docstring)."""
+    loop_steps_per_round: Optional[int] = None
+    """Sampler-learning steps per round (None: with one round, the rest of the run)."""
+    finetune_steps_per_round: int = 0
+    """Critic fine-tuning steps per round; 0 = never fine-tune (the critic stays frozen)."""
+    finetune_batch_size: int = 8
+    """Fresh hard samples rendered per fine-tuning step (before the outlier filter)."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """Mixing and outlier filter of the fine-tuning steps (its ``lr`` is unused here: the trainer's ``critic``
+    optimizer sets the rate)."""
+    source_images: int = 1500
+    """Source renders mixed into fine-tuning (the default critic's pre-training set: same size, cached)."""
+
+    def schedule_length(self) -> int:
+        """Steps the schedule needs: ``field_steps + rounds * (loop_steps_per_round + finetune_steps_per_round)``.
+
+        Raises:
+            PoseGenInputError: ``rounds < 1``, or several rounds / fine-tuning without ``loop_steps_per_round``.
+        """
+        if self.rounds < 1 or self.finetune_steps_per_round < 0:
+            raise PoseGenInputError(f"--pipeline.rounds must be >= 1 and --pipeline.finetune-steps-per-round >= 0 "
+                                    f"(got {self.rounds}, {self.finetune_steps_per_round}).")
+        if self.loop_steps_per_round is None:
+            if self.rounds > 1 or self.finetune_steps_per_round > 0:
+                raise PoseGenInputError("--pipeline.rounds > 1 or --pipeline.finetune-steps-per-round > 0 needs "
+                                        "--pipeline.loop-steps-per-round N (sampler steps per round).")
+            return self.field_steps
+        return self.field_steps + self.rounds * (self.loop_steps_per_round + self.finetune_steps_per_round)
+
+    def phase_at(self, step: int) -> Tuple[str, int]:
+        """``("field" | "loop" | "finetune", round)`` of a training step (module docstring); steps past the
+        schedule are ``"loop"`` steps of the last round."""
+        if step < self.field_steps:
+            return "field", 0
+        self.schedule_length()  # validates
+        L, F = self.loop_steps_per_round, self.finetune_steps_per_round
+        if L is None:
+            return "loop", 0
+        r, within = divmod(step - self.field_steps, L + F)
+        if r >= self.rounds:
+            return "loop", self.rounds - 1
+        return ("loop" if within < L else "finetune"), r
 
 
 @dataclass
@@ -200,11 +254,23 @@ class PoseGenPipeline(VanillaPipeline):
         for p in self.critic.parameters():
             p.requires_grad_(False)
         self.critic.eval_mode()
+        self.finetune_stats = FinetuneStats()
+        self._source_sampler = None
+        if config.finetune_steps_per_round > 0:
+            config.schedule_length()  # validates the rounds
+            if not hasattr(self.critic, "predict") or not any(True for _ in self.critic.parameters()):
+                raise PoseGenInputError(
+                    f"--pipeline.finetune-steps-per-round {config.finetune_steps_per_round}: critic '{config.critic.name}' "
+                    "cannot be fine-tuned (it needs trainable weights and SMPL outputs, as hmr/spin); pass 0."
+                )
         self.image_hw = (capture.height, capture.width)
         # focal length (pixels) at which a 1.75 m person 3 m away fills 75 % of the image height
         self.base_focal = 0.75 * capture.height * 3.0 / 1.75
         self.noise = torch.Generator(device="cpu").manual_seed(config.seed)
         self.report: Dict[str, Any] = {}
+        from posegen_ns.viewer import HardSampleBrowser
+
+        self.hard_samples = HardSampleBrowser(self)  # the viewer's hard-sample panel (posegen_ns.viewer)
 
     # ------------------------------------------------------------------ setup helpers
     def _load_critic(self, body_source: str):
@@ -230,11 +296,25 @@ class PoseGenPipeline(VanillaPipeline):
     def loop_started(self) -> bool:
         return bool(torch.isfinite(self.reference_error))
 
+    @property
+    def finetunes_critic(self) -> bool:
+        """Whether the schedule fine-tunes the critic (then it is the ``critic`` parameter group)."""
+        return self.config.finetune_steps_per_round > 0
+
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         groups = self.model.get_param_groups()
         groups["generator"] = list(self.generator.parameters())
         groups["discriminator"] = list(self.discriminator.parameters())
+        if self.finetunes_critic:
+            groups["critic"] = list(self.critic.parameters())
         return groups
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``, except that the critic stays in ``eval_mode`` (frozen BatchNorm statistics
+        and no dropout) whenever it is scored; fine-tuning steps switch it to ``train_mode`` themselves."""
+        super().train(mode)
+        self.critic.eval_mode()
+        return self
 
     # ------------------------------------------------------------------ sampling
     def _cameras(self, sample: PoseCameraSample, betas: torch.Tensor):
@@ -307,19 +387,64 @@ class PoseGenPipeline(VanillaPipeline):
         return lsp - 0.5 * (lsp[:, 2:3] + lsp[:, 3:4])
 
     # ------------------------------------------------------------------ training
-    def _set_phase(self, loop: bool) -> None:
+    def _set_phase(self, phase: str) -> None:
+        """Trainable parts per phase: the field in ``"field"``, the critic in ``"finetune"`` (never in
+        ``"loop"``, where the hardness loss would otherwise train it to be wrong)."""
         for p in self.model.field.parameters():
-            p.requires_grad_(not loop)
+            p.requires_grad_(phase == "field")
+        if self.finetunes_critic:
+            for p in self.critic.parameters():
+                p.requires_grad_(phase == "finetune")
 
     def get_train_loss_dict(self, step: int):
-        if step < self.config.field_steps:
-            self._set_phase(loop=False)
+        phase, _ = self.config.phase_at(step)
+        self._set_phase(phase)
+        if phase == "field":
             cameras, batch = self.datamanager.next_train(step)
             outputs = self.model.render_batch(batch)
             metrics = self.model.get_metrics_dict(outputs, batch)
             return outputs, self.model.get_loss_dict(outputs, batch, metrics), metrics
-        self._set_phase(loop=True)
+        if phase == "finetune":
+            return self._finetune_step()
         return self._loop_step()
+
+    def source_sampler(self):
+        """The critic's source set (:func:`posegen_ns.data.source_poses.make_source_sampler`, split
+        ``"train"`` at ``1.5 x`` the critic's input size, ``source_images`` renders: the default
+        critic's pre-training set, cached), built on first use."""
+        if self._source_sampler is None:
+            from posegen_ns.data.source_poses import make_source_sampler
+
+            self._source_sampler = make_source_sampler(
+                self.critic.body, int(1.5 * self.critic.input_size), "train", num_images=self.config.source_images
+            )
+        return self._source_sampler
+
+    def _finetune_step(self):
+        """One critic fine-tuning step (:mod:`posegen_ns.finetune`): fresh hard samples rendered and
+        labelled without gradients, filtered, mixed with source images, SPIN's losses with BatchNorm frozen.
+        The trainer's ``critic`` optimizer takes the step."""
+        cfg = self.config
+        with torch.no_grad():
+            self.critic.eval_mode()
+            scored = self.render_and_score(self.draw(cfg.finetune_batch_size, hard=True))
+        batch = batch_from_samples(scored, self.critic.body.num_betas)
+        keep, reasons = outlier_mask(batch, cfg.finetune)
+        self.finetune_stats.add_filter(keep, reasons)
+        kept = select(batch, keep)
+        n_src = source_count(int(keep.sum()), cfg.finetune.source_fraction)
+        src = self.source_sampler()(n_src, self.noise) if n_src else None
+        metrics = {"critic_mpjpe_samples_mm": scored.error.nanmean() * 1000, "finetune_kept": keep.float().mean()}
+        if int(keep.sum()) == 0 and src is None:  # nothing usable: a zero loss that still reaches the critic
+            return {"rgb": scored.images}, {"critic": next(self.critic.parameters()).sum() * 0.0}, metrics
+        self.critic.train_mode()
+        losses = finetune_losses(self.critic, kept, src, cfg.finetune.weights)
+        self.critic.eval_mode()  # the forward pass is done; backward does not depend on the mode
+        self.finetune_stats.steps += 1
+        self.finetune_stats.source_images += n_src
+        self.finetune_stats.losses.append(float(losses["loss"].detach()))
+        metrics.update({f"critic_{k}": v.detach() for k, v in losses.items() if k != "loss"})
+        return {"rgb": scored.images}, {"critic": losses["loss"]}, metrics
 
     def _loop_step(self):
         cfg = self.config.sampler
@@ -457,11 +582,39 @@ class PoseGenPipeline(VanillaPipeline):
         base_dir = Path(trainer.base_dir) if trainer is not None else None
         last = (trainer.config.max_num_iterations - 1) if trainer is not None else None
 
+        if trainer is not None and self.finetunes_critic and last + 1 < self.config.schedule_length():
+            CONSOLE.log(f"[yellow]--max-num-iterations {last + 1} ends before the last fine-tuning round "
+                        f"(the schedule needs {self.config.schedule_length()} steps)")
+
         def report(step: int) -> None:
+            if self.config.phase_at(step)[0] == "finetune" and self.config.phase_at(step + 1)[0] != "finetune":
+                self._round_report(step, base_dir)
             if step == self.config.field_steps - 1 or step == last:
                 self._report(step, base_dir, final=step == last)
 
         return [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], report, update_every_num_iters=1)] + self.model.get_training_callbacks(training_callback_attributes)
+
+    def critic_weights_l1(self) -> float:
+        """Sum of the absolute values of the critic's parameters: a fingerprint of its weights (reported,
+        so that a restored checkpoint can be checked against the run that wrote it)."""
+        return float(sum(p.detach().double().abs().sum() for p in self.critic.parameters()))
+
+    def _round_report(self, step: int, base_dir: Optional[Path]) -> None:
+        """End of a fine-tuning round: the critic on hard / prior samples now, and the filter's counts."""
+        _, r = self.config.phase_at(step)
+        self.eval()
+        row = {"round": r + 1, "step": step, **{k: v for k, v in self.hardness_report().items() if k.startswith(("mpjpe", "hardness"))},
+               **self.finetune_stats.as_dict()}
+        self.train()
+        self.report.setdefault("rounds", []).append(row)
+        CONSOLE.log(
+            f"round {r + 1}/{self.config.rounds}: critic fine-tuned for {row['steps']} steps in all "
+            f"(samples kept {row['kept']}, dropped {row['dropped']}); now MPJPE hard {row['mpjpe_hard_mm']:.1f} mm, "
+            f"prior {row['mpjpe_prior_mm']:.1f} mm"
+        )
+        if base_dir is not None:
+            base_dir.mkdir(parents=True, exist_ok=True)
+            (base_dir / "posegen_report.json").write_text(json.dumps(self.report, indent=2))
 
     def _report(self, step: int, base_dir: Optional[Path], final: bool) -> None:
         self.eval()
@@ -470,6 +623,9 @@ class PoseGenPipeline(VanillaPipeline):
             self.report.update({f"heldout_{k}": v for k, v in self.heldout_psnr().items()})
         if final and step >= self.config.field_steps:
             self.report.update(self.hardness_report())
+        if self.finetunes_critic:
+            self.report["finetune"] = self.finetune_stats.as_dict()
+        self.report["critic_weights_l1"] = self.critic_weights_l1()
         self.report["step"] = step
         self.train()
         table = Table(title=f"posegen-human, step {step + 1}")

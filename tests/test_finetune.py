@@ -97,3 +97,76 @@ def test_bad_configuration_is_refused():
         FinetuneConfig(source_fraction=1.0)
     with pytest.raises(PoseGenInputError, match="max_error_mm"):
         FinetuneConfig(max_error_mm=10.0, min_error_mm=20.0)
+
+
+# ---- rounds inside ns-train posegen-human ------------------------------------------------------
+def test_round_schedule_alternates_learning_and_finetuning():
+    from posegen_ns.pipeline import PoseGenPipelineConfig
+
+    cfg = PoseGenPipelineConfig(field_steps=3, rounds=2, loop_steps_per_round=2, finetune_steps_per_round=1)
+    assert cfg.schedule_length() == 3 + 2 * 3
+    phases = [cfg.phase_at(s) for s in range(11)]
+    assert phases == [("field", 0)] * 3 + [("loop", 0), ("loop", 0), ("finetune", 0), ("loop", 1), ("loop", 1),
+                                           ("finetune", 1), ("loop", 1), ("loop", 1)]
+    default = PoseGenPipelineConfig(field_steps=3)
+    assert default.phase_at(2) == ("field", 0) and default.phase_at(1000) == ("loop", 0)
+    with pytest.raises(PoseGenInputError, match="loop-steps-per-round"):
+        PoseGenPipelineConfig(rounds=2).phase_at(10_000)
+
+
+@pytest.fixture(scope="module")
+def two_round_run(tmp_path_factory):
+    """posegen-human-tiny with 2 rounds of (2 sampler steps, 2 fine-tuning steps), run in-process."""
+    import copy
+
+    from posegen_ns.configs import posegen_human_tiny
+    from posegen_ns.data.default_capture import build_default_capture
+    from posegen_ns.mocap import shipped_clips_dir
+
+    root = tmp_path_factory.mktemp("rounds")
+    clips = root / "clips"
+    clips.mkdir()
+    for c in ("09_06_run", "02_04_jump_balance_ccrig"):
+        (clips / f"{c}.bvh").write_bytes((shipped_clips_dir() / f"{c}.bvh").read_bytes())
+    capture = build_default_capture(root / "capture", mocap_dir=clips, body="tiny", num_cameras=2, resolution=32,
+                                    frame_stride=24, max_frames_per_clip=2, verbose=False)
+    cfg = copy.deepcopy(posegen_human_tiny.config)
+    cfg.data = cfg.pipeline.datamanager.data = capture
+    cfg.output_dir = root / "outputs"
+    p = cfg.pipeline
+    p.rounds, p.loop_steps_per_round, p.finetune_steps_per_round, p.finetune_batch_size = 2, 2, 2, 2
+    p.field_steps = 2
+    cfg.max_num_iterations = p.schedule_length()
+    cfg.set_timestamp()
+    cfg.save_config()
+    trainer = cfg.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    before = {k: v.clone() for k, v in trainer.pipeline.critic.state_dict().items()}
+    trainer.train()
+    return cfg, trainer, before
+
+
+def test_two_rounds_change_the_critic_and_the_checkpoint_restores_it(two_round_run):
+    import json
+
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    cfg, trainer, before = two_round_run
+    critic = trainer.pipeline.critic
+    after = critic.state_dict()
+    changed = [k for k in after if after[k].is_floating_point() and not torch.equal(after[k], before[k])]
+    assert any(k.startswith("hmr.") and "weight" in k for k in changed)
+    assert not any("running_" in k for k in changed)  # BatchNorm statistics stay frozen through the rounds
+    stats = trainer.pipeline.finetune_stats
+    assert stats.steps == 4 and stats.kept + stats.dropped == 8
+    run_dir = cfg.get_base_dir()
+    report = json.loads((run_dir / "posegen_report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2] and report["finetune"]["steps"] == 4
+    # a fresh pipeline loaded from the checkpoint has the fine-tuned critic, not the pre-trained one
+    _, pipeline, _, step = eval_setup(run_dir / "config.yml", test_mode="inference")
+    assert step == cfg.max_num_iterations - 1
+    restored = pipeline.critic.state_dict()
+    for k in after:
+        torch.testing.assert_close(restored[k], after[k], rtol=0, atol=0)
+    assert pipeline.critic_weights_l1() == pytest.approx(report["critic_weights_l1"], rel=1e-12)
+    assert "critic" in trainer.optimizers.optimizers  # its Adam state is checkpointed with the others
