@@ -83,6 +83,8 @@ class SamplerConfig:
     """Momentum of the running critic error on prior samples (the hardness reference)."""
     prior_stride: int = 4
     """Frame stride when fitting the shipped mocap for the pose prior."""
+    prior_clips: Optional[Tuple[str, ...]] = None
+    """Clips of the pose prior: motion files (.bvh / AMASS .npz) or names of shipped clips (default: every shipped clip)."""
     azimuth_range: tuple = (-math.pi, math.pi)
     """Camera azimuth range (radians) relative to the body's facing direction."""
     elevation_range: tuple = (-0.25, 0.6)
@@ -93,6 +95,34 @@ class SamplerConfig:
     def ranges(self) -> CameraRanges:
         return CameraRanges(azimuth=tuple(self.azimuth_range), elevation=tuple(self.elevation_range),
                             distance=tuple(self.distance_range))
+
+
+def prior_clip_paths(clips: Optional[Tuple[str, ...]]) -> Optional[List[Path]]:
+    """Motion files of ``--pipeline.sampler.prior-clips``: each entry a file path or the name (stem) of a
+    shipped clip; ``None`` stays ``None`` (every shipped clip).
+
+    Raises:
+        PoseGenInputError: an entry that is neither a file nor a shipped clip.
+    """
+    if clips is None:
+        return None
+    from posegen_ns.mocap import shipped_clips_dir
+
+    shipped = {p.stem: p for p in shipped_clips_dir().iterdir() if p.suffix.lower() in (".bvh", ".npz")}
+    out = []
+    for c in clips:
+        path = Path(c).expanduser()
+        if path.is_file():
+            out.append(path)
+        elif c in shipped:
+            out.append(shipped[c])
+        else:
+            raise PoseGenInputError(
+                f"--pipeline.sampler.prior-clips: {c!r} is neither a motion file nor a shipped clip ({sorted(shipped)})."
+            )
+    if not out:
+        raise PoseGenInputError("--pipeline.sampler.prior-clips is empty; name at least one clip or leave it unset.")
+    return out
 
 
 @dataclass
@@ -246,7 +276,7 @@ class PoseGenPipeline(VanillaPipeline):
         from posegen_ns.data.poses import load_pose_bank
 
         body_source = config.model.body or capture.body
-        bank = load_pose_bank(body_source, stride=config.sampler.prior_stride)
+        bank = load_pose_bank(body_source, clips=prior_clip_paths(config.sampler.prior_clips), stride=config.sampler.prior_stride)
         self.register_buffer("prior_body_pose", bank.body_pose.float().to(device))
         self.register_buffer("prior_global_orient", bank.global_orient.float().to(device))
         self.register_buffer("reference_error", torch.tensor(float("nan"), device=device))

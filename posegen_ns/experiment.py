@@ -1,0 +1,576 @@
+"""``ns-posegen-experiment``: the paper's comparison, side by side in one run.
+
+PoseGen (Gholami et al., AAAI 2024, Tables 1-2) fine-tunes a pre-trained 3D pose estimator on
+renders of different pose distributions and compares the estimator's error on unseen motions. This
+script reproduces that comparison on the default subject with four arms, all starting from the same
+pre-trained critic, fine-tuned on the **same number of images** rendered by the **same trained
+human field**, with the same fine-tuning recipe (:func:`posegen_ns.finetune.finetune_critic`: SPIN's
+losses, BatchNorm frozen, the same source-data mixing and outlier filter):
+
+- ``pretrained``: the critic as pre-trained (no fine-tuning; the "before").
+- ``random-prior``: poses drawn at random from the mocap prior, cameras uniform in the sampler's ranges.
+- ``posegen-released``: PoseGen as released (github ``mgholamikn/PoseGen``): a GAN over poses with a
+  fixed frontal camera and label-only feedback: the loss ``1 - MPJPE`` between the critic's
+  prediction on a *detached* render and the generated pose's joints, so the gradient reaches the
+  generator only through the labels, never through the renderer; plus a discriminator against the
+  prior's poses. The pose generator is the same residual MLP as ours
+  (:class:`~posegen_ns.sampler.HardPoseGenerator`, its camera replaced by the fixed one), so the two
+  differences under test are the camera and the feedback.
+- ``ours``: the learned (pose, camera) distribution of ``ns-train posegen-human`` (gradients through
+  the renderer, bounded hardness, learned cameras; :mod:`posegen_ns.pipeline`).
+
+Steps: (1) build what is needed (the capture, the pre-trained critic; cached), (2) train the field
+and our sampler in-process with the ``posegen-human`` method (``posegen-human-tiny`` for
+``--preset tiny``) with the pose prior restricted to the training clips, (3) train the released-style
+GAN, (4) draw ``finetune_images`` usable samples per arm (after the outlier filter), fine-tune a copy
+of the critic on each, (5) evaluate every critic with :mod:`posegen_ns.evaluate`'s machinery
+(:func:`~posegen_ns.evaluate.iter_eval_batches`, :func:`~posegen_ns.evaluate.score_batches`) on the
+subject rendered with the capture's own appearance (mesh renderer, not the field) in the evaluation
+motions, from a camera ring; report per motion category.
+
+Evaluation motions: ``--eval-poses DIR`` (any folder of BVH / AMASS npz), default the shipped clips
+not used in training (:data:`EVAL_CLIPS`; the prior and the tiny capture use :data:`TRAIN_CLIPS`; the
+default critic was pre-trained on walking clips only).
+
+Output: a rich table, ``DIR/experiment.png`` (MPJPE per category, before/after) and JSON
+(``DIR/experiment.json`` or ``--json``) ``{"rows": [{"name", "mpjpe_mm", "pa_mpjpe_mm", "pck150",
+"num_finetune_images", "auc", "categories": {cat: {...}}, "finetune": {...}}], "categories": [...],
+"config": {...}, "timing_s": {...}}``.
+
+Presets: ``tiny`` (tiny body, toy sizes: CPU in a few minutes) and ``full`` (the open body and the
+default capture, ``posegen-human``'s sizes; meant for one GPU in under 30 minutes). Every size can be
+overridden on the command line.
+"""
+
+from __future__ import annotations
+
+import copy
+import json as jsonlib
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+
+from posegen_ns.errors import PoseGenInputError
+from posegen_ns.finetune import FinetuneConfig, FinetuneStats, batch_from_samples, finetune_critic, outlier_mask, select
+
+ARMS: tuple[str, ...] = ("pretrained", "random-prior", "posegen-released", "ours")
+"""Row names of the comparison, in order."""
+TRAIN_CLIPS: tuple[str, ...] = ("07_05_slow_walk", "09_06_run", "12_01_walk", "131_03_start_hop_stop")
+"""Shipped clips the arms may learn from (pose prior; the tiny preset's capture)."""
+EVAL_CLIPS: tuple[str, ...] = ("02_04_jump_balance_ccrig", "10_03_soccer_kick")
+"""Shipped clips held out for evaluation (default of ``--eval-poses``)."""
+
+
+@dataclass
+class ExperimentSizes:
+    """Sizes of one preset (every field can be overridden on the command line)."""
+
+    body: str
+    """Body of the subject and the critic: 'tiny' or 'open'."""
+    capture_cameras: int
+    """Tiny preset: cameras of the capture built for the run (full: the default capture)."""
+    capture_resolution: int
+    """Tiny preset: image side of the capture built for the run, pixels."""
+    critic_pretrain_steps: int
+    """Pre-training steps of the default critic (cached per setting)."""
+    critic_input_size: int
+    """Crop side of the default critic, pixels."""
+    field_steps: int
+    """Phase 1 steps (fitting the field)."""
+    loop_steps: int
+    """Phase 2 steps (our sampler against the frozen critic)."""
+    num_gaussians: int
+    """Gaussians of the field."""
+    sampler_batch: int
+    """(pose, camera) samples per sampler step (ours and the released GAN)."""
+    gan_steps: int
+    """Training steps of the released-style GAN."""
+    finetune_images: int
+    """Usable (post-filter) fine-tuning images per arm."""
+    finetune_batch: int
+    """Images per fine-tuning step."""
+    finetune_epochs: int
+    """Passes over each arm's fine-tuning images."""
+    eval_stride: int
+    """Frame stride of the evaluation motions."""
+    eval_max_frames: Optional[int]
+    """At most this many frames per evaluation motion (after the stride)."""
+    eval_cameras: int
+    """Cameras on the evaluation ring."""
+    eval_elevations: tuple[float, ...]
+    """Elevations (degrees) of the evaluation ring."""
+    eval_resolution: int
+    """Rendered evaluation image side, pixels."""
+
+
+PRESETS: dict[str, ExperimentSizes] = {
+    "tiny": ExperimentSizes(
+        body="tiny", capture_cameras=3, capture_resolution=40, critic_pretrain_steps=200, critic_input_size=32,
+        field_steps=60, loop_steps=30, num_gaussians=300, sampler_batch=4, gan_steps=30, finetune_images=48,
+        finetune_batch=8, finetune_epochs=3, eval_stride=24, eval_max_frames=6, eval_cameras=4,
+        eval_elevations=(0.0, 30.0), eval_resolution=40,
+    ),
+    "full": ExperimentSizes(
+        body="open", capture_cameras=6, capture_resolution=128, critic_pretrain_steps=1000, critic_input_size=64,
+        field_steps=1500, loop_steps=300, num_gaussians=6000, sampler_batch=6, gan_steps=300, finetune_images=1024,
+        finetune_batch=32, finetune_epochs=3, eval_stride=8, eval_max_frames=None, eval_cameras=8,
+        eval_elevations=(0.0, 20.0, 40.0), eval_resolution=128,
+    ),
+}
+
+
+@dataclass
+class ExperimentConfig:
+    """Compare critics fine-tuned on random prior poses, on PoseGen-as-released samples and on ours."""
+
+    preset: Literal["tiny", "full"] = "tiny"
+    """'tiny' (CPU, minutes) or 'full' (one GPU, under 30 minutes)."""
+    output_dir: Path = Path("outputs/posegen-experiment")
+    """Folder for the run (capture, ns-train outputs, plot, JSON)."""
+    eval_poses: Optional[Path] = None
+    """Folder (or file) of BVH / AMASS npz motions to evaluate on; default the shipped clips not used in training."""
+    json: Optional[Path] = None
+    """Write the results JSON here (default OUTPUT_DIR/experiment.json)."""
+    seed: int = 0
+    """Seed of sampling, fine-tuning and training."""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """Torch device."""
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(lr=1e-4))
+    """Fine-tuning recipe shared by every arm (learning rate, source mixing, outlier filter)."""
+    body: Optional[str] = None
+    """Override of the preset's field (see ExperimentSizes)."""
+    capture_cameras: Optional[int] = None
+    """Override of the preset's field."""
+    capture_resolution: Optional[int] = None
+    """Override of the preset's field."""
+    critic_pretrain_steps: Optional[int] = None
+    """Override of the preset's field."""
+    critic_input_size: Optional[int] = None
+    """Override of the preset's field."""
+    field_steps: Optional[int] = None
+    """Override of the preset's field."""
+    loop_steps: Optional[int] = None
+    """Override of the preset's field."""
+    num_gaussians: Optional[int] = None
+    """Override of the preset's field."""
+    sampler_batch: Optional[int] = None
+    """Override of the preset's field."""
+    gan_steps: Optional[int] = None
+    """Override of the preset's field."""
+    finetune_images: Optional[int] = None
+    """Override of the preset's field."""
+    finetune_batch: Optional[int] = None
+    """Override of the preset's field."""
+    finetune_epochs: Optional[int] = None
+    """Override of the preset's field."""
+    eval_stride: Optional[int] = None
+    """Override of the preset's field."""
+    eval_max_frames: Optional[int] = None
+    """Override of the preset's field."""
+    eval_cameras: Optional[int] = None
+    """Override of the preset's field."""
+    eval_elevations: Optional[tuple[float, ...]] = None
+    """Override of the preset's field."""
+    eval_resolution: Optional[int] = None
+    """Override of the preset's field."""
+
+    def sizes(self) -> ExperimentSizes:
+        """The preset's sizes with this config's overrides applied.
+
+        Raises:
+            PoseGenInputError: a size that cannot work (non-positive counts).
+        """
+        base = asdict(PRESETS[self.preset])
+        for f in fields(ExperimentSizes):
+            value = getattr(self, f.name)
+            if value is not None:
+                base[f.name] = value
+        sizes = ExperimentSizes(**base)
+        for name in ("field_steps", "loop_steps", "gan_steps", "finetune_images", "finetune_batch", "finetune_epochs",
+                     "sampler_batch", "eval_stride", "eval_cameras", "eval_resolution"):
+            if getattr(sizes, name) < 1:
+                raise PoseGenInputError(f"ns-posegen-experiment: --{name.replace('_', '-')} must be >= 1 (got {getattr(sizes, name)}).")
+        return sizes
+
+
+# ---- building what the comparison needs ---------------------------------------------------------
+def _train_clip_dir(root: Path) -> Path:
+    """A folder holding copies of :data:`TRAIN_CLIPS` (the tiny capture's motions)."""
+    from posegen_ns.mocap import shipped_clips_dir
+
+    d = root / "train_clips"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in TRAIN_CLIPS:
+        if not (d / f"{name}.bvh").is_file():
+            (d / f"{name}.bvh").write_bytes((shipped_clips_dir() / f"{name}.bvh").read_bytes())
+    return d
+
+
+def build_capture(cfg: ExperimentConfig, sizes: ExperimentSizes) -> Path:
+    """The subject's capture: for the open body the default capture (cached), else a small capture of
+    the training clips written in ``OUTPUT_DIR/capture`` (reused when present)."""
+    from posegen_ns.data.default_capture import build_default_capture, default_capture_dir
+
+    if sizes.body == "open":
+        return default_capture_dir()
+    out = Path(cfg.output_dir) / "capture"
+    if (out / "capture.json").is_file():
+        return out
+    return build_default_capture(out, mocap_dir=_train_clip_dir(Path(cfg.output_dir)), body=sizes.body,
+                                 num_cameras=sizes.capture_cameras, resolution=sizes.capture_resolution,
+                                 frame_stride=24, max_frames_per_clip=8, verbose=False)
+
+
+def train_pipeline(cfg: ExperimentConfig, sizes: ExperimentSizes, capture: Path):
+    """Fit the field and learn our sampler: the ``posegen-human`` method (``-tiny`` for the tiny body)
+    run in-process by nerfstudio's trainer, pose prior restricted to :data:`TRAIN_CLIPS`, no fine-tuning
+    rounds (the experiment fine-tunes every arm itself). Returns the trained pipeline (eval mode)."""
+    from posegen_ns.configs import posegen_human, posegen_human_tiny
+
+    method = posegen_human_tiny if sizes.body == "tiny" else posegen_human
+    tc = copy.deepcopy(method.config)
+    tc.data = tc.pipeline.datamanager.data = capture
+    tc.output_dir = Path(cfg.output_dir) / "ns-train"
+    tc.machine.device_type = "cuda" if str(cfg.device).startswith("cuda") else "cpu"
+    tc.machine.seed = cfg.seed
+    p = tc.pipeline
+    p.field_steps = sizes.field_steps
+    p.model.num_gaussians = sizes.num_gaussians
+    p.sampler.batch_size = sizes.sampler_batch
+    p.sampler.prior_clips = TRAIN_CLIPS
+    p.critic.pretrain_steps = sizes.critic_pretrain_steps
+    p.critic.input_size = sizes.critic_input_size
+    p.rounds, p.loop_steps_per_round, p.finetune_steps_per_round = 1, None, 0
+    p.seed = cfg.seed
+    tc.max_num_iterations = sizes.field_steps + sizes.loop_steps
+    tc.steps_per_save = tc.max_num_iterations
+    tc.set_timestamp()
+    tc.save_config()
+    trainer = tc.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    trainer.train()
+    pipeline = trainer.pipeline
+    pipeline.eval()
+    return pipeline
+
+
+def fixed_frontal_camera(pipeline: Any, num: int) -> torch.Tensor:
+    """``(num, 5)`` sampler camera parameters of the released code's fixed camera: in front of the body
+    (azimuth 0), level (elevation 0, clamped into the range), mid-range distance, no roll, unit focal scale."""
+    r = pipeline.ranges
+    clamp = lambda v, lo_hi: min(max(v, lo_hi[0]), lo_hi[1])  # noqa: E731
+    cam = [clamp(0.0, r.azimuth), clamp(0.0, r.elevation), 0.5 * (r.distance[0] + r.distance[1]), clamp(0.0, r.roll),
+           clamp(1.0, r.focal_scale)]
+    return torch.tensor(cam, device=pipeline.prior_body_pose.device).expand(num, 5)
+
+
+def train_released_gan(pipeline: Any, steps: int, batch_size: int, seed: int = 0, lr: float = 1e-3,
+                       adversarial_weight: float = 0.3):
+    """Train PoseGen-as-released's pose GAN against the pipeline's (frozen) critic (module docstring).
+
+    Generator loss: ``mean(1 - MPJPE(critic(detached render), joints(pose)))`` (metres; the gradient
+    flows through the ground-truth joints of the generated pose, not through the image) plus
+    ``adversarial_weight`` times the non-saturating GAN loss against the pipeline's
+    :class:`~posegen_ns.sampler.PartDiscriminator`-style discriminator on prior poses.
+
+    Returns:
+        ``sample(num, generator) -> PoseCameraSample``: draws from the trained GAN with the fixed camera.
+    """
+    from posegen_ns.geometry import project_points
+    from posegen_ns.metrics import mpjpe
+    from posegen_ns.sampler import HardPoseGenerator, PartDiscriminator, PoseCameraSample
+
+    scfg = pipeline.config.sampler
+    dev = pipeline.prior_body_pose.device
+    torch.manual_seed(seed)
+    gen = HardPoseGenerator(scfg.noise_dim, scfg.hidden, scfg.max_residual, pipeline.ranges).to(dev)
+    disc = PartDiscriminator().to(dev)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=lr)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=lr)
+    noise = torch.Generator().manual_seed(seed)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    body = pipeline.model.body
+    N = pipeline.prior_body_pose.shape[0]
+
+    def draw(num: int, g: torch.Generator) -> PoseCameraSample:
+        idx = torch.randint(N, (num,), generator=g).to(dev)
+        z = torch.randn(num, scfg.noise_dim, generator=g).to(dev)
+        s = gen(pipeline.prior_body_pose[idx], pipeline.prior_global_orient[idx], z)
+        return PoseCameraSample(s.body_pose, s.global_orient, fixed_frontal_camera(pipeline, num))
+
+    for p in pipeline.parameters():
+        p.requires_grad_(False)
+    for _ in range(steps):
+        s = draw(batch_size, noise)
+        with torch.no_grad():  # label-only feedback: render and predict without a graph
+            scored = pipeline.render_and_score(PoseCameraSample(s.body_pose.detach(), s.global_orient.detach(), s.camera))
+        betas = scored.betas
+        out = body(s.body_pose, s.global_orient, betas, scored.transl)
+        _, j_h36m_cam = project_points(out.joints_h36m, scored.K, scored.R, scored.t)
+        _, j_smpl_cam = project_points(out.joints, scored.K, scored.R, scored.t)
+        gt = pipeline._gt_for_critic(j_h36m_cam, j_smpl_cam)
+        err = mpjpe(scored.pred_joints.detach(), gt, root=None)
+        feedback = (1.0 - err).nanmean()
+        fake_logits = disc(s.body_pose)
+        adv = bce(fake_logits, torch.ones_like(fake_logits))
+        opt_g.zero_grad(set_to_none=True)
+        (feedback + adversarial_weight * adv).backward()
+        opt_g.step()
+        idx = torch.randint(N, (batch_size * 4,), generator=noise).to(dev)
+        real, fake = disc(pipeline.prior_body_pose[idx]), disc(s.body_pose.detach())
+        d_loss = bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+    gen.eval()
+
+    def sample(num: int, g: torch.Generator) -> PoseCameraSample:
+        with torch.no_grad():
+            return draw(num, g)
+
+    return sample
+
+
+def draw_finetune_set(pipeline: Any, draw: Any, num_images: int, batch_size: int, fcfg: FinetuneConfig,
+                      seed: int = 0, max_tries: int = 8) -> tuple[list[dict], dict[str, Any]]:
+    """Render and label samples from ``draw(num, generator) -> PoseCameraSample`` until ``num_images``
+    pass the outlier filter; return them as fine-tuning batches of ``batch_size`` and drawing statistics
+    (``drawn``, ``kept``, ``dropped_by``, ``mean_error_mm`` of the pre-trained critic on the kept samples).
+
+    Raises:
+        RuntimeError: fewer than ``num_images`` usable samples after ``max_tries * num_images`` draws.
+    """
+    g = torch.Generator().manual_seed(seed)
+    kept: list[dict] = []
+    have, drawn = 0, 0
+    stats = FinetuneStats()
+    nb = pipeline.critic.body.num_betas
+    while have < num_images:
+        if drawn >= max_tries * num_images:
+            raise RuntimeError(f"only {have} of {num_images} samples passed the outlier filter in {drawn} draws ({stats.dropped_by}).")
+        with torch.no_grad():
+            scored = pipeline.render_and_score(draw(batch_size, g))
+        batch = {k: v.cpu() for k, v in batch_from_samples(scored, nb).items()}
+        keep, reasons = outlier_mask(batch, fcfg)
+        stats.add_filter(keep, reasons)
+        drawn += batch_size
+        part = select(batch, keep)
+        take = min(num_images - have, int(keep.sum()))
+        if take:
+            kept.append({k: v[:take] for k, v in part.items()})
+            have += take
+    allb = {k: torch.cat([b[k] for b in kept]) for k in kept[0]}
+    batches = [{k: v[i : i + batch_size] for k, v in allb.items()} for i in range(0, num_images, batch_size)]
+    info = {"drawn": drawn, "kept": stats.kept, "dropped_by": stats.dropped_by,
+            "mean_error_mm": float(allb["error"].nanmean()) * 1000}
+    return batches, info
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+def eval_motion_paths(cfg: ExperimentConfig) -> tuple[list[Path], Optional[Path]]:
+    """Evaluation motion files and the manifest giving their categories."""
+    from posegen_ns.evaluate import _manifest_for, motion_paths
+    from posegen_ns.mocap import shipped_clips_dir
+
+    if cfg.eval_poses is not None:
+        return motion_paths(cfg.eval_poses), _manifest_for(cfg.eval_poses)
+    d = shipped_clips_dir()
+    return [d / f"{c}.bvh" for c in EVAL_CLIPS], d / "manifest.csv"
+
+
+def build_eval_set(pipeline: Any, cfg: ExperimentConfig, sizes: ExperimentSizes) -> tuple[list, dict[str, str]]:
+    """Render the evaluation images once (the subject's mesh in the capture's appearance, camera ring;
+    :func:`posegen_ns.evaluate.iter_eval_batches`) and return the batches and ``{clip: category}``."""
+    from posegen_ns.evaluate import ViewConfig, iter_eval_batches, mesh_renderer
+    from posegen_ns.mocap import clip_category, load_motion
+
+    files, manifest = eval_motion_paths(cfg)
+    body = pipeline.model.body
+    betas = pipeline.model.betas.float()
+    fit_body = copy.deepcopy(body).cpu()
+    motions = [load_motion(p, fit_body, stride=sizes.eval_stride, max_frames=sizes.eval_max_frames) for p in files]
+    views = ViewConfig(sizes.eval_cameras, tuple(sizes.eval_elevations), resolution=sizes.eval_resolution)
+    render = mesh_renderer(body, betas, appearance_seed=0)
+    batches = [
+        copy.copy(b) for b in iter_eval_batches(motions, body, betas, render, pipeline.critic.joint_set, views, batch_size=32)
+    ]
+    categories = {m.name: clip_category(m.name, manifest) for m in motions}
+    return batches, categories
+
+
+def evaluate_critic_on(critic: Any, batches: list, categories: dict[str, str]) -> dict[str, Any]:
+    """Score ``critic`` on pre-rendered evaluation batches (:func:`posegen_ns.evaluate.score_batches`);
+    ``{"overall": {...}, "categories": {cat: {...}}}`` with the metric keys of
+    :data:`posegen_ns.evaluate.METRIC_KEYS` and ``num_images`` (categories: image-weighted over clips)."""
+    from posegen_ns.evaluate import METRIC_KEYS, score_batches
+
+    critic.eval_mode()
+    acc = score_batches(critic, iter(batches))
+    clips = acc.summary("clips")
+    cats: dict[str, dict[str, float]] = {}
+    for clip, m in clips.items():
+        c = cats.setdefault(categories.get(clip, "unknown"), {k: 0.0 for k in METRIC_KEYS} | {"num_images": 0})
+        for k in METRIC_KEYS:
+            c[k] += m[k] * m["num_images"]
+        c["num_images"] += m["num_images"]
+    for c in cats.values():
+        for k in METRIC_KEYS:
+            c[k] /= max(c["num_images"], 1)
+    return {"overall": acc.summary("overall")["overall"], "categories": cats}
+
+
+# ---- the experiment ------------------------------------------------------------------------------
+def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Run the comparison (module docstring); print the table, write the plot and the JSON; return the results."""
+    timing: dict[str, float] = {}
+    started = time.time()
+    sizes = cfg.sizes()
+    out_dir = Path(cfg.output_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg.output_dir = out_dir
+    say = _say()
+
+    t = time.time()
+    say("building the capture and the pre-trained critic (cached after the first run)")
+    capture = build_capture(cfg, sizes)
+    timing["capture"] = time.time() - t
+
+    t = time.time()
+    say(f"ns-train: field ({sizes.field_steps} steps) and our sampler ({sizes.loop_steps} steps)")
+    pipeline = train_pipeline(cfg, sizes, capture)
+    timing["field_and_sampler"] = time.time() - t
+
+    t = time.time()
+    say(f"training the released-style pose GAN ({sizes.gan_steps} steps, fixed camera, label-only feedback)")
+    released = train_released_gan(pipeline, sizes.gan_steps, sizes.sampler_batch, seed=cfg.seed)
+    timing["released_gan"] = time.time() - t
+
+    t = time.time()
+    say("rendering the evaluation set")
+    eval_batches, categories = build_eval_set(pipeline, cfg, sizes)
+    timing["eval_set"] = time.time() - t
+
+    draws = {
+        "random-prior": lambda n, g: pipeline.draw(n, hard=False, noise=g),
+        "posegen-released": released,
+        "ours": lambda n, g: pipeline.draw(n, hard=True, noise=g),
+    }
+    pretrained = pipeline.critic
+    source = pipeline.source_sampler()
+    rows: list[dict[str, Any]] = []
+    for i, name in enumerate(ARMS):
+        t = time.time()
+        critic = copy.deepcopy(pretrained)
+        ft_info: dict[str, Any] = {}
+        n_images = 0
+        if name != "pretrained":
+            say(f"arm '{name}': drawing {sizes.finetune_images} fine-tuning images, fine-tuning")
+            with torch.no_grad():
+                batches, ft_info = draw_finetune_set(pipeline, draws[name], sizes.finetune_images, sizes.finetune_batch,
+                                                     cfg.finetune, seed=cfg.seed + 100 + i)
+            stats = finetune_critic(critic, batches * sizes.finetune_epochs, cfg.finetune, source=source, seed=cfg.seed)
+            ft_info.update(stats.as_dict())
+            n_images = sizes.finetune_images
+        result = evaluate_critic_on(critic, eval_batches, categories)
+        o = result["overall"]
+        rows.append({"name": name, "mpjpe_mm": o["mpjpe_mm"], "pa_mpjpe_mm": o["pa_mpjpe_mm"], "pck150": o["pck150"],
+                     "auc": o["auc"], "num_finetune_images": n_images, "num_eval_images": o["num_images"],
+                     "categories": result["categories"], "finetune": ft_info})
+        timing[f"arm_{name}"] = time.time() - t
+        del critic
+    timing["total"] = time.time() - started
+    results = {
+        "rows": rows,
+        "categories": sorted({c for r in rows for c in r["categories"]}),
+        "config": {"preset": cfg.preset, "sizes": asdict(sizes), "finetune": _jsonable(asdict(cfg.finetune)),
+                   "train_clips": list(TRAIN_CLIPS), "eval_poses": [str(p) for p in eval_motion_paths(cfg)[0]],
+                   "device": str(cfg.device), "seed": cfg.seed},
+        "timing_s": timing,
+    }
+    print_table(results)
+    plot_path = out_dir / "experiment.png"
+    plot_results(results, plot_path)
+    json_path = Path(cfg.json).expanduser() if cfg.json is not None else out_dir / "experiment.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(jsonlib.dumps(results, indent=1, default=str))
+    say(f"wrote {plot_path} and {json_path}; total {timing['total']:.0f} s")
+    return results
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x if isinstance(x, (int, float, str, bool, type(None))) else str(x)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    """The comparison as a rich table: one row per arm, overall metrics and MPJPE per category."""
+    from rich.console import Console
+    from rich.table import Table
+
+    cats = results["categories"]
+    table = Table(title="PoseGen comparison: critic on held-out motions (before / after fine-tuning)")
+    for col in ("fine-tuned on", "images", "MPJPE mm", "PA-MPJPE mm", "PCK@150 %", "AUC") + tuple(f"{c} MPJPE" for c in cats):
+        table.add_column(col, justify="left" if col == "fine-tuned on" else "right")
+    for r in results["rows"]:
+        cells = [r["name"], str(r["num_finetune_images"]), f"{r['mpjpe_mm']:.1f}", f"{r['pa_mpjpe_mm']:.1f}",
+                 f"{100 * r['pck150']:.1f}", f"{r['auc']:.3f}"]
+        cells += [f"{r['categories'][c]['mpjpe_mm']:.1f}" if c in r["categories"] else "-" for c in cats]
+        table.add_row(*cells, style="bold" if r["name"] == "ours" else None)
+    Console(width=max(Console().width, 120)).print(table)
+
+
+def plot_results(results: dict[str, Any], path: Path) -> Path:
+    """Grouped bars of MPJPE (mm) per motion category and overall, one bar per arm (the pre-trained
+    critic is the "before"); written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(results["categories"]) + ["overall"]
+    rows = results["rows"]
+    width = 0.8 / max(len(rows), 1)
+    fig, ax = plt.subplots(figsize=(4.5 + 1.6 * len(groups), 3.6), dpi=120)
+    for i, r in enumerate(rows):
+        values = [r["categories"].get(g, {}).get("mpjpe_mm", math.nan) if g != "overall" else r["mpjpe_mm"] for g in groups]
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(groups))]
+        label = f"{r['name']} (before)" if r["name"] == "pretrained" else f"{r['name']} (after, {r['num_finetune_images']} images)"
+        ax.bar(xs, values, width, label=label)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("MPJPE (mm), lower is better")
+    ax.set_title("critic error per motion category, before / after fine-tuning")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _say():
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return lambda msg: console.print(f"[bold]ns-posegen-experiment[/bold] {msg}")
+
+
+def entrypoint() -> None:
+    """Console script ``ns-posegen-experiment``."""
+    import tyro
+
+    cfg = tyro.cli(ExperimentConfig)
+    try:
+        run_experiment(cfg)
+    except PoseGenInputError as exc:
+        raise SystemExit(f"ns-posegen-experiment: {exc}") from None
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,62 @@
+"""ns-posegen-experiment at a size below the tiny preset: the four arms, the JSON schema other tools
+read, the plot, and --eval-poses."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from posegen_ns.errors import PoseGenInputError
+from posegen_ns.experiment import ARMS, ExperimentConfig, run_experiment
+from posegen_ns.mocap import shipped_clips_dir
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiment")
+    poses = root / "eval_poses"
+    poses.mkdir()
+    (poses / "10_03_soccer_kick.bvh").write_bytes((shipped_clips_dir() / "10_03_soccer_kick.bvh").read_bytes())
+    cfg = ExperimentConfig(
+        preset="tiny", output_dir=root / "run", eval_poses=poses, json=root / "out" / "results.json", device="cpu",
+        capture_cameras=2, capture_resolution=32, critic_pretrain_steps=10, field_steps=3, loop_steps=2, gan_steps=2,
+        sampler_batch=2, finetune_images=4, finetune_batch=2, finetune_epochs=1, eval_max_frames=2, eval_cameras=2,
+        eval_elevations=(0.0,), eval_resolution=32,
+    )
+    returned = run_experiment(cfg)
+    return root, returned
+
+
+def test_json_schema_and_rows(results):
+    root, returned = results
+    data = json.loads((root / "out" / "results.json").read_text())
+    assert data == json.loads(json.dumps(returned, default=str))
+    assert [r["name"] for r in data["rows"]] == list(ARMS)
+    for r in data["rows"]:
+        for key in ("mpjpe_mm", "pa_mpjpe_mm", "pck150"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]), (r["name"], key)
+        assert 0.0 <= r["pck150"] <= 1.0 and r["pa_mpjpe_mm"] <= r["mpjpe_mm"] + 1e-6
+        assert isinstance(r["num_finetune_images"], int)
+        assert r["num_eval_images"] == 2 * 2  # 2 frames x 2 cameras
+    counts = {r["name"]: r["num_finetune_images"] for r in data["rows"]}
+    assert counts == {"pretrained": 0, "random-prior": 4, "posegen-released": 4, "ours": 4}
+    # fine-tuning changed every fine-tuned critic: its error differs from the pre-trained one
+    before = data["rows"][0]["mpjpe_mm"]
+    assert all(r["mpjpe_mm"] != before for r in data["rows"][1:])
+    assert all(r["finetune"]["steps"] == 2 and r["finetune"]["kept"] >= 4 for r in data["rows"][1:])
+
+
+def test_eval_poses_and_plot(results):
+    root, returned = results
+    assert returned["categories"] == ["sports"]  # only the clip passed with --eval-poses
+    assert returned["config"]["eval_poses"][0].endswith("10_03_soccer_kick.bvh")
+    png = (root / "run" / "experiment.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(PoseGenInputError, match="--finetune-images"):
+        ExperimentConfig(finetune_images=0).sizes()
+    assert ExperimentConfig(preset="full", loop_steps=7).sizes().loop_steps == 7
