@@ -1,0 +1,110 @@
+"""Contact sheet of a trained run's hard samples, and how diverse they are.
+
+    python scripts/contact_sheet.py --load-config RUN/config.yml --output sheet.png [--num 16] [--seed 0]
+
+Draws ``--num`` (default 16) (pose, camera) samples from the run's learned hard distribution
+(``pipeline.draw(hard=True)``), renders them with the trained field and scores them with the run's
+critic (``pipeline.render_and_score``), and writes a grid of the renders with the exact labels drawn
+over them: the ground-truth SMPL-24 skeleton (projected joints, green) and, in red, the critic's
+prediction (root-relative H36M-17 placed at the ground-truth pelvis and projected with the sample's
+``K``; H36M bones). Each tile is captioned with the critic's MPJPE (mm).
+
+It then prints :meth:`posegen_ns.pipeline.PoseGenPipeline.diversity` for ``--num-diversity`` hard and
+as many prior samples (real mocap poses, uniform cameras): the mean pairwise joint distance (mm) of
+root-relative poses in the body frame and the spread (std) of each camera parameter; a hard
+distribution that collapsed shows much smaller numbers than the prior.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import tyro
+
+H36M_BONES = ((0, 1), (1, 2), (2, 3), (0, 4), (4, 5), (5, 6), (0, 7), (7, 8), (8, 9), (9, 10), (8, 11), (11, 12),
+              (12, 13), (8, 14), (14, 15), (15, 16))
+"""H36M-17 bones (pelvis 0; SPIN's order)."""
+
+
+@dataclass
+class ContactSheetConfig:
+    """Render a grid of a run's hard samples with label overlays and print their diversity."""
+
+    load_config: Path
+    """RUN/config.yml of an ns-train posegen-human run."""
+    output: Path = Path("contact_sheet.png")
+    """PNG to write."""
+    num: int = 16
+    """Samples on the sheet (a square grid of ceil(sqrt(num)) columns)."""
+    tile: int = 192
+    """Side of one tile in pixels (renders are upscaled, nearest neighbour)."""
+    num_diversity: int = 64
+    """Hard and prior samples used for the diversity figures."""
+    seed: int = 0
+    """Seed of the samples."""
+
+
+def _draw_skeleton(img: np.ndarray, pts: np.ndarray, bones, color, scale: float) -> None:
+    for a, b in bones:
+        pa, pb = pts[a] * scale, pts[b] * scale
+        if np.isfinite(pa).all() and np.isfinite(pb).all():
+            cv2.line(img, tuple(int(round(v)) for v in pa), tuple(int(round(v)) for v in pb), color, 2, cv2.LINE_AA)
+    for p in pts:
+        if np.isfinite(p).all():
+            cv2.circle(img, tuple(int(round(v)) for v in p * scale), 2, color, -1, cv2.LINE_AA)
+
+
+@torch.no_grad()
+def contact_sheet(cfg: ContactSheetConfig) -> dict:
+    """Write the sheet and return ``{"hard": diversity, "prior": diversity, "errors_mm": [...]}``."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from posegen_ns.geometry import project_points
+
+    _, pipeline, _, _ = eval_setup(Path(cfg.load_config), test_mode="inference")
+    pipeline.eval()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    s = pipeline.render_and_score(pipeline.draw(cfg.num, hard=True, noise=gen))
+    B, H, W, _ = s.images.shape
+    # the critic's prediction placed at the ground-truth pelvis (camera frame), projected with K
+    pred_cam = s.pred_joints[:, :17] + s.joints_h36m_cam[:, :1] if s.pred_joints.shape[1] == 17 else None
+    eye = torch.eye(3, device=s.K.device).expand(B, 3, 3)
+    pred_2d = project_points(pred_cam, s.K, eye, torch.zeros(B, 3, device=s.K.device))[0] if pred_cam is not None else None
+    parents = [int(p) for p in pipeline.model.body.parents.tolist()]
+    smpl_bones = [(j, p) for j, p in enumerate(parents) if p >= 0]
+    cols = math.ceil(math.sqrt(B))
+    rows = math.ceil(B / cols)
+    scale = cfg.tile / max(H, W)
+    sheet = np.zeros((rows * cfg.tile, cols * cfg.tile, 3), dtype=np.uint8)
+    for i in range(B):
+        img = (s.images[i].clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
+        img = cv2.resize(img, (int(W * scale), int(H * scale)), interpolation=cv2.INTER_NEAREST).copy()
+        _draw_skeleton(img, s.joints_smpl_2d[i].cpu().numpy(), smpl_bones, (60, 220, 60), scale)
+        if pred_2d is not None:
+            _draw_skeleton(img, pred_2d[i].cpu().numpy(), H36M_BONES, (230, 50, 50), scale)
+        cv2.putText(img, f"{1000 * float(s.error[i]):.0f} mm", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        r, c = divmod(i, cols)
+        sheet[r * cfg.tile : r * cfg.tile + img.shape[0], c * cfg.tile : c * cfg.tile + img.shape[1]] = img[: cfg.tile, : cfg.tile]
+    cfg.output.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(cfg.output), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    out = {
+        "hard": pipeline.diversity(pipeline.draw(cfg.num_diversity, hard=True, noise=torch.Generator().manual_seed(cfg.seed + 1))),
+        "prior": pipeline.diversity(pipeline.draw(cfg.num_diversity, hard=False, noise=torch.Generator().manual_seed(cfg.seed + 1))),
+        "errors_mm": [1000 * float(e) for e in s.error],
+    }
+    print(f"wrote {cfg.output}: {B} hard samples, critic MPJPE {np.nanmean(out['errors_mm']):.1f} mm "
+          "(green: ground-truth SMPL-24 skeleton, red: critic's H36M-17 prediction at the true pelvis)")
+    print(f"diversity over {cfg.num_diversity} samples each:")
+    print(f"  {'measure':<28}{'hard':>10}{'prior':>10}")
+    for k in out["hard"]:
+        print(f"  {k:<28}{out['hard'][k]:>10.3f}{out['prior'][k]:>10.3f}")
+    return out
+
+
+if __name__ == "__main__":
+    contact_sheet(tyro.cli(ContactSheetConfig))
