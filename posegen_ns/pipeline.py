@@ -173,7 +173,7 @@ class PoseGenPipelineConfig(VanillaPipelineConfig):
     seed: int = 0
     """Seed of the sampler's noise."""
     rounds: int = 1
-    """Rounds of (learn the hard distribution, fine-tune the critic) after phase 1 (module docstring)."""
+    """Rounds of (learn the hard distribution against the frozen critic, fine-tune the critic on fresh samples) after phase 1."""
     loop_steps_per_round: Optional[int] = None
     """Sampler-learning steps per round (None: with one round, the rest of the run)."""
     finetune_steps_per_round: int = 0

@@ -170,3 +170,15 @@ def test_two_rounds_change_the_critic_and_the_checkpoint_restores_it(two_round_r
         torch.testing.assert_close(restored[k], after[k], rtol=0, atol=0)
     assert pipeline.critic_weights_l1() == pytest.approx(report["critic_weights_l1"], rel=1e-12)
     assert "critic" in trainer.optimizers.optimizers  # its Adam state is checkpointed with the others
+    # resuming (ns-train ... --load-dir RUN/nerfstudio_models) continues with the fine-tuned critic and its Adam state
+    import copy
+
+    resumed_cfg = copy.deepcopy(cfg)
+    resumed_cfg.load_dir = run_dir / "nerfstudio_models"
+    resumed_cfg.max_num_iterations += 2
+    resumed = resumed_cfg.setup(local_rank=0, world_size=1)
+    resumed.setup()
+    assert resumed._start_step == cfg.max_num_iterations
+    for k in after:
+        torch.testing.assert_close(resumed.pipeline.critic.state_dict()[k], after[k], rtol=0, atol=0)
+    assert resumed.optimizers.optimizers["critic"].state_dict()["state"]  # Adam moments restored
