@@ -220,6 +220,7 @@ class HardSampleBrowser(torch.nn.Module):
         self.sample_back = ViewerButton("Previous sample", cb_hook=lambda _: self._guarded(self.step, -1))
         self.sample_index = ViewerNumber("Sample", 0, cb_hook=self._on_index, hint="index of the shown sample in the batch")
         self.sample_next = ViewerButton("Next sample", cb_hook=lambda _: self._guarded(self.step, 1))
+        self.sample_view = ViewerButton("View from sample camera", cb_hook=lambda _: self._guarded(self.view_from_sample))
         self.shown_error = ViewerText("Critic MPJPE (mm)", "no batch yet", disabled=True)
         self.shown_hardness = ViewerText("Hardness", "", disabled=True)
         self.shown_overlay = ViewerMarkdown("Overlay", "")
@@ -331,6 +332,39 @@ class HardSampleBrowser(torch.nn.Module):
         self._update_scene(index, kind, overlay)
         return index
 
+    def sample_camera(self, index: Optional[int] = None, kind: Optional[str] = None) -> Dict[str, np.ndarray]:
+        """Camera of sample ``index`` (default the shown one) for viser (OpenCV axes, world frame, metres):
+        ``position (3,)`` the camera centre ``-R^T t``, ``wxyz (4,)`` the camera-to-world rotation
+        ``R^T`` as a quaternion, ``up (3,)`` the image's up direction in the world, ``fov`` vertical (radians)."""
+        import viser.transforms as vtf
+
+        if self.batch is None:
+            raise PoseGenInputError("no batch yet: press 'Draw batch' first")
+        index = self.index if index is None else index
+        kind = kind or self.kind
+        L = self.batch.labels[kind]
+        K, R, t = (L[k][index].astype(np.float64) for k in ("K", "R", "t"))
+        H = self.batch.images[kind].shape[1]
+        return {"position": -R.T @ t, "wxyz": vtf.SO3.from_matrix(R.T).wxyz, "up": -R[1],
+                "fov": np.float64(2 * np.arctan(H / (2 * K[1, 1])))}
+
+    def view_from_sample(self) -> int:
+        """Move every connected browser's camera to the shown sample's camera (position, orientation,
+        roll and vertical field of view), so the main render shows the sample as the critic saw it.
+        Returns the number of browsers moved."""
+        from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO as S
+
+        cam = self.sample_camera()
+        server = self._server
+        clients = list(server.get_clients().values()) if server is not None else []
+        for client in clients:
+            with client.atomic():
+                client.camera.position = cam["position"] * S
+                client.camera.up_direction = cam["up"]
+                client.camera.wxyz = cam["wxyz"]
+                client.camera.fov = float(cam["fov"])
+        return len(clients)
+
     def export_batch(self) -> Path:
         """Write the shown batch (its shown kind) as a dataset with ns-posegen-export's writer
         (atomic: a partial folder renamed when complete) into ``export_root/batch-XXXX`` (next free
@@ -440,7 +474,6 @@ class HardSampleBrowser(torch.nn.Module):
         server = self._server
         if server is None:
             return
-        import viser.transforms as vtf
         from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO as S
 
         j = self.critic_joints(index, kind)
@@ -456,11 +489,9 @@ class HardSampleBrowser(torch.nn.Module):
                     )
             server.scene.add_point_cloud(f"/hard_samples/{name}/joints", world[ok].astype(np.float32),
                                          colors=color, point_size=0.15, point_shape="circle")
-        L = self.batch.labels[kind]
-        K, R, t = L["K"][index], L["R"][index], L["t"][index]
+        cam = self.sample_camera(index, kind)
         H, W = self.batch.images[kind].shape[1:3]
         server.scene.add_camera_frustum(
-            "/hard_samples/camera", fov=float(2 * np.arctan(H / (2 * K[1, 1]))), aspect=W / H, scale=1.0,
-            color=PRED_COLOR, image=overlay, format="png",
-            wxyz=vtf.SO3.from_matrix(R.T.astype(np.float64)).wxyz, position=(-R.T @ t) * S,
+            "/hard_samples/camera", fov=float(cam["fov"]), aspect=W / H, scale=1.0, color=PRED_COLOR,
+            image=overlay, format="png", wxyz=cam["wxyz"], position=cam["position"] * S,
         )

@@ -153,11 +153,17 @@ class _BrowserClient:
         from websockets.sync.client import connect
 
         self._msgspec = msgspec
-        self.ws = connect(f"ws://127.0.0.1:{port}", max_size=None).__enter__()  # closed by close()
+        self._connection = connect(f"ws://127.0.0.1:{port}", max_size=None)
         self.messages: list[dict] = []
         self._lock = threading.RLock()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+
+    def __enter__(self) -> "_BrowserClient":
+        self.ws = self._connection.__enter__()
+        threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._connection.__exit__(*exc)
 
     def _read(self) -> None:
         try:
@@ -189,16 +195,17 @@ class _BrowserClient:
 
 
 def test_viewer_panel_over_websocket(pipeline, tmp_path):
-    """nerfstudio's viewer on 127.0.0.1 with the pipeline; a websocket client sees the panel,
-    presses 'Draw batch' and 'Next sample' the way the web page does, and gets the samples."""
+    """nerfstudio's viewer on 127.0.0.1 with the pipeline; a websocket client sees the panel and
+    presses its buttons the way the web page does, and gets the samples, skeletons and exports."""
     import socket
 
     from nerfstudio.configs.base_config import ViewerConfig
-    from nerfstudio.viewer.viewer import Viewer
+    from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO, Viewer
+    from nerfstudio.viewer.viewer_elements import ViewerElement
 
     browser = pipeline.hard_samples
     browser.batch = None
-    pose_before = [x.clone() for x in pipeline.model.viewer_pose]
+    pipeline.model.viewer_pose = tuple(torch.zeros_like(x) for x in pipeline.model.viewer_pose)  # rest pose
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -207,54 +214,71 @@ def test_viewer_panel_over_websocket(pipeline, tmp_path):
     viewer = Viewer(ViewerConfig(websocket_host="127.0.0.1", websocket_port=port, quit_on_train_completion=True),
                     log_filename=run / "viewer_log_filename.txt", datapath=pipeline.datamanager.get_datapath(),
                     pipeline=pipeline, train_lock=threading.Lock())
-    client = _BrowserClient(viewer.viser_server.get_port())
     try:
-        # the page announces its camera first (viser registers the client then)
-        client.send(type="ViewerCameraMessage", wxyz=[1.0, 0.0, 0.0, 0.0], position=[0.0, 0.0, -30.0], fov=0.8,
-                    aspect=1.0, look_at=[0.0, 0.0, 0.0], up_direction=[0.0, -1.0, 0.0])
-        client.wait_for(lambda m: m.get("label") == "Status")
-        folder = client.wait_for(lambda m: m["type"] == "GuiAddFolderMessage" and m["label"] == "hard_samples")[0]
-        ids = {}
-        for label in ("Sample kind", "Batch size", "Draw batch", "Previous sample", "Sample", "Next sample",
-                      "Critic MPJPE (mm)", "Hardness", "Export batch", "Status"):
-            (m,) = client.wait_for(lambda m, label=label: m.get("label") == label and m["type"].startswith("GuiAdd"))
-            assert m["container_id"] == folder["id"], label
-            ids[label] = m["id"]
-        assert client.wait_for(lambda m: m.get("id") == ids["Sample kind"])[0]["options"] == ["hard", "prior"]
-        renders_before = client.count(lambda m: m["type"] == "BackgroundImageMessage")
+        with _BrowserClient(viewer.viser_server.get_port()) as client:
+            # the page announces its camera first (viser registers the client then)
+            client.send(type="ViewerCameraMessage", wxyz=[1.0, 0.0, 0.0, 0.0], position=[0.0, 0.0, -30.0], fov=0.8,
+                        aspect=1.0, look_at=[0.0, 0.0, 0.0], up_direction=[0.0, -1.0, 0.0])
+            client.wait_for(lambda m: m.get("label") == "Status")
+            folder = client.wait_for(lambda m: m["type"] == "GuiAddFolderMessage" and m["label"] == "hard_samples")[0]
+            ids = {}
+            for label in ("Sample kind", "Batch size", "Draw batch", "Previous sample", "Sample", "Next sample",
+                          "View from sample camera", "Critic MPJPE (mm)", "Hardness", "Export batch", "Status"):
+                (m,) = client.wait_for(lambda m, label=label: m.get("label") == label and m["type"].startswith("GuiAdd"))
+                assert m["container_id"] == folder["id"], label
+                ids[label] = m["id"]
+            assert client.wait_for(lambda m: m.get("id") == ids["Sample kind"])[0]["options"] == ["hard", "prior"]
 
-        client.send(type="GuiUpdateMessage", id=ids["Batch size"], updates={"value": 2})
-        wait_until(lambda: browser.batch_size.value == 2, timeout=10)
-        client.send(type="GuiUpdateMessage", id=ids["Draw batch"], updates={"value": True})
-        wait_until(lambda: browser.batch is not None, timeout=120)
-        client.wait_for(lambda m: m["type"] == "CameraFrustumMessage" and m["image_binary"] is not None)
-        batch = browser.batch
-        assert len(batch) == 2
-        assert np.isfinite(batch.labels["hard"]["critic_error_mm"]).all() and np.isfinite(batch.labels["prior"]["critic_error_mm"]).all()
-        assert not all(torch.equal(a, b) for a, b in zip(pose_before, pipeline.model.viewer_pose))
-        np.testing.assert_allclose(pipeline.model.viewer_pose[0].numpy(), batch.labels["hard"]["body_pose"][0])
-        # what the page receives: error text, overlay image, both skeletons and the sample camera
-        error = f"{batch.labels['hard']['critic_error_mm'][0]:.1f}"
-        client.wait_for(lambda m: m["type"] == "GuiUpdateMessage" and m.get("id") == ids["Critic MPJPE (mm)"]
-                        and str(m["updates"].get("value", "")).startswith(error))
-        client.wait_for(lambda m: m["type"] == "GuiUpdateMessage" and "data:image/png;base64," in str(m["updates"].get("markdown", "")))
-        bones = len([p for p in SKELETON_PARENTS[batch.joint_set] if p >= 0])
-        for name in ("gt", "pred"):
-            assert client.count(lambda m, n=name: m["type"] == "CatmullRomSplineMessage" and m["name"].startswith(f"/hard_samples/{n}/bone_")) >= bones
-            client.wait_for(lambda m, n=name: m["type"] == "PointCloudMessage" and m["name"] == f"/hard_samples/{n}/joints")
-        # the main render is redrawn with the sample's pose
-        wait_until(lambda: client.count(lambda m: m["type"] == "BackgroundImageMessage") > renders_before, timeout=120)
+            def updated(label: str, key: str = "value"):
+                return lambda m: m["type"] == "GuiUpdateMessage" and m["id"] == ids[label] and key in m["updates"]
 
-        client.send(type="GuiUpdateMessage", id=ids["Next sample"], updates={"value": True})
-        client.wait_for(lambda m: m["type"] == "GuiUpdateMessage" and m.get("id") == ids["Sample"] and m["updates"].get("value") == 1)
-        assert browser.index == 1
-        np.testing.assert_allclose(pipeline.model.viewer_pose[0].numpy(), batch.labels["hard"]["body_pose"][1])
+            def click(label: str) -> None:
+                client.send(type="GuiUpdateMessage", id=ids[label], updates={"value": True})
 
-        client.send(type="GuiUpdateMessage", id=ids["Export batch"], updates={"value": True})
-        client.wait_for(lambda m: m["type"] == "GuiUpdateMessage" and m.get("id") == ids["Status"]
-                        and str(m["updates"].get("value", "")).startswith("exported"), timeout=120)
-        manifest = json.loads((run / "viewer_exports" / "batch-0000" / "manifest.json").read_text())
-        assert manifest["num_samples"] == 2 and manifest["kind"] == "hard"
+            renders_before = client.count(lambda m: m["type"] == "BackgroundImageMessage")
+            client.send(type="GuiUpdateMessage", id=ids["Batch size"], updates={"value": 2})
+            wait_until(lambda: browser.batch_size.value == 2, timeout=10)
+            click("Draw batch")
+            # what the page receives: the error text, the overlay image, both skeletons and the sample camera
+            client.wait_for(updated("Critic MPJPE (mm)"), timeout=120)  # sent once sample 0 is shown
+            batch = browser.batch
+            assert len(batch) == 2
+            for kind in ("hard", "prior"):
+                assert np.isfinite(batch.labels[kind]["critic_error_mm"]).all()
+            error = f"{batch.labels['hard']['critic_error_mm'][0]:.1f}"
+            assert client.wait_for(updated("Critic MPJPE (mm)"))[-1]["updates"]["value"].startswith(error)
+            assert pipeline.model.viewer_pose[0].abs().sum() > 0  # no longer the rest pose
+            np.testing.assert_allclose(pipeline.model.viewer_pose[0].numpy(), batch.labels["hard"]["body_pose"][0])
+            client.wait_for(lambda m: m["type"] == "GuiUpdateMessage"
+                            and "data:image/png;base64," in str(m["updates"].get("markdown", "")))
+            client.wait_for(lambda m: m["type"] == "CameraFrustumMessage" and m["image_binary"] is not None)
+            bones = sum(p >= 0 for p in SKELETON_PARENTS[batch.joint_set])
+            for name in ("gt", "pred"):
+                prefix = f"/hard_samples/{name}/bone_"
+                spline = lambda m, prefix=prefix: m["type"] == "CatmullRomSplineMessage" and m["name"].startswith(prefix)  # noqa: E731
+                wait_until(lambda spline=spline: client.count(spline) >= bones)
+                client.wait_for(lambda m, n=name: m["type"] == "PointCloudMessage" and m["name"] == f"/hard_samples/{n}/joints")
+            # the main render is redrawn (with the sample's pose)
+            wait_until(lambda: client.count(lambda m: m["type"] == "BackgroundImageMessage") > renders_before, timeout=120)
+
+            click("Next sample")
+            client.wait_for(lambda m: updated("Sample")(m) and m["updates"]["value"] == 1)
+            assert browser.index == 1
+            np.testing.assert_allclose(pipeline.model.viewer_pose[0].numpy(), batch.labels["hard"]["body_pose"][1])
+
+            click("View from sample camera")
+            cam = browser.sample_camera(1)
+            moved = client.wait_for(lambda m: m["type"] == "SetCameraPositionMessage")[-1]
+            np.testing.assert_allclose(moved["position"], cam["position"] * VISER_NERFSTUDIO_SCALE_RATIO, atol=1e-5)
+            assert client.wait_for(lambda m: m["type"] == "SetCameraFovMessage")[-1]["fov"] == pytest.approx(float(cam["fov"]))
+
+            click("Export batch")
+            client.wait_for(lambda m: updated("Status")(m) and m["updates"]["value"].startswith("exported"), timeout=120)
+            manifest = json.loads((run / "viewer_exports" / "batch-0000" / "manifest.json").read_text())
+            assert manifest["num_samples"] == 2 and manifest["kind"] == "hard" and manifest["seed"] == batch.seed
     finally:
-        client.ws.close()
         viewer.viser_server.stop()
+        for element in vars(browser).values():  # detach the panel from the stopped server
+            if isinstance(element, ViewerElement):
+                element.gui_handle = None
+        del browser.viewer_control.viser_server, browser.viewer_control.viewer
