@@ -3,11 +3,12 @@
 Training renders B (frame, camera) images of the capture with each frame's body parameters and
 fits them with an L1 photometric loss plus a mask (alpha vs. silhouette) loss and small
 regularisers on the learned residuals (static offsets, skinning-weight residual, the pose-dependent
-non-rigid offsets, per-frame pose refinement). Training callbacks (:meth:`PoseGenHumanModel.get_training_callbacks`)
-accumulate each Gaussian's positional gradient and periodically densify and prune the Gaussians,
-re-indexing the optimizers' state so nerfstudio's optimizers stay consistent. For the viewer, ``get_outputs_for_camera`` renders the
-field from any camera in the pose chosen by ``viewer_pose`` (a capture frame, or a sampled hard
-pose the pipeline puts there).
+non-rigid offsets, per-frame pose refinement). Training callbacks
+(:meth:`PoseGenHumanModel.get_training_callbacks`) accumulate each Gaussian's positional gradient and
+periodically densify and prune the Gaussians, re-indexing the optimizers' state so nerfstudio's
+optimizers stay consistent. For the viewer, ``get_outputs_for_camera`` renders the field from any
+camera in the pose chosen by ``viewer_pose`` (a capture frame, or a sampled hard pose the pipeline
+puts there).
 """
 
 from __future__ import annotations
