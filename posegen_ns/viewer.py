@@ -51,6 +51,7 @@ from nerfstudio.viewer.viewer_elements import (
 
 from posegen_ns.body.joint_sets import H36M_JOINT_NAMES, H36M_TO_LSP14, SMPL_PARENTS
 from posegen_ns.errors import PoseGenInputError
+from posegen_ns.geometry import project_points
 
 H36M_PARENTS: Tuple[int, ...] = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15)
 """Parent of each H36M-17 joint (order of :data:`~posegen_ns.body.joint_sets.H36M_JOINT_NAMES`; -1 root):
@@ -433,8 +434,10 @@ class HardSampleBrowser(torch.nn.Module):
         out = {"gt_cam": gt_cam, "pred_cam": pred_cam}
         for name, cam in (("gt", gt_cam), ("pred", pred_cam)):
             out[f"{name}_world"] = (cam - t) @ R  # R^T (x - t), row vectors
-            uv = cam @ K.T
-            out[f"{name}_2d"] = uv[:, :2] / np.maximum(uv[:, 2:3], 1e-6)
+            # camera-frame points: project with K and the identity pose
+            uv, _ = project_points(torch.from_numpy(cam)[None].float(), torch.from_numpy(K)[None],
+                                   torch.eye(3)[None], torch.zeros(1, 3))
+            out[f"{name}_2d"] = uv[0].numpy()
         return out
 
     def overlay(self, index: int, kind: Optional[str] = None, min_size: int = 256) -> np.ndarray:
@@ -459,9 +462,8 @@ class HardSampleBrowser(torch.nn.Module):
 
         H, P = self.batch.labels["hard"], self.batch.labels["prior"]
         ratio = H["critic_error_mm"][index] / P["critic_error_mm"][index]
-        rot = lambda L: axis_angle_to_matrix(torch.from_numpy(  # noqa: E731
-            np.concatenate([L["global_orient"][index], L["body_pose"][index]]).reshape(24, 3)))
-        change = matrix_to_axis_angle(rot(P).transpose(-1, -2) @ rot(H)).norm(dim=-1)[1:].mean()
+        rot_h, rot_p = (axis_angle_to_matrix(torch.from_numpy(L["body_pose"][index]).reshape(23, 3)) for L in (H, P))
+        change = matrix_to_axis_angle(rot_p.transpose(-1, -2) @ rot_h).norm(dim=-1).mean()  # mean over the 23 joints
         text = f"hard / prior pair x{ratio:.2f}; pose moved {math.degrees(float(change)):.1f} deg/joint"
         ref = self._pipeline.reference_error
         if bool(torch.isfinite(ref)):

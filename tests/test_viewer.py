@@ -105,6 +105,10 @@ def test_browser_draws_selects_and_exports_without_a_viewer(pipeline, tmp_path):
     np.testing.assert_allclose(pipeline.model.viewer_pose[1].numpy(), batch.labels["prior"]["global_orient"][2])
     assert browser.step(1) == 0 and browser.step(-1) == 2  # wraps around
     assert browser.shown_error.value.startswith(f"{batch.labels['prior']['critic_error_mm'][2]:.1f}")
+    ratio = batch.labels["hard"]["critic_error_mm"][2] / batch.labels["prior"]["critic_error_mm"][2]
+    assert browser.shown_hardness.value.startswith(f"hard / prior pair x{ratio:.2f}")
+    with pytest.raises(PoseGenInputError, match=r"Sample must be in \[0, 2\]"):
+        browser.select(3)
     # the GT skeleton placed in the world is the body model's, recomputed independently
     L = batch.labels["prior"]
     body = load_body_model("tiny")
