@@ -109,7 +109,7 @@ class ExperimentSizes:
 
 PRESETS: dict[str, ExperimentSizes] = {
     "tiny": ExperimentSizes(
-        body="tiny", capture_cameras=3, capture_resolution=40, critic_pretrain_steps=200, critic_input_size=32,
+        body="tiny", capture_cameras=3, capture_resolution=40, critic_pretrain_steps=150, critic_input_size=32,
         field_steps=60, loop_steps=30, num_gaussians=300, sampler_batch=4, gan_steps=30, finetune_images=48,
         finetune_batch=8, finetune_epochs=3, eval_stride=24, eval_max_frames=6, eval_cameras=4,
         eval_elevations=(0.0, 30.0), eval_resolution=40,
