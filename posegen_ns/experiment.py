@@ -39,7 +39,8 @@ Output: a rich table, ``DIR/experiment.png`` (MPJPE per category, before/after) 
 
 Presets: ``tiny`` (tiny body, toy sizes: CPU in a few minutes) and ``full`` (the open body and the
 default capture, ``posegen-human``'s sizes; meant for one GPU in under 30 minutes). Every size can be
-overridden on the command line.
+overridden on the command line. ``--load-config RUN/config.yml`` reuses a trained run (its field,
+sampler and critic; the prior cut to the training clips) instead of training one.
 """
 
 from __future__ import annotations
@@ -135,6 +136,9 @@ class ExperimentConfig:
     """Folder (or file) of BVH / AMASS npz motions to evaluate on; default the shipped clips not used in training."""
     json: Optional[Path] = None
     """Write the results JSON here (default OUTPUT_DIR/experiment.json)."""
+    load_config: Optional[Path] = None
+    """Reuse a trained ``ns-train posegen-human`` run (RUN/config.yml: its field, sampler and critic) instead of
+    training one; its pose prior is cut to the training clips (the preset's body and training sizes are ignored)."""
     seed: int = 0
     """Seed of sampling, fine-tuning and training."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
@@ -254,6 +258,34 @@ def train_pipeline(cfg: ExperimentConfig, sizes: ExperimentSizes, capture: Path)
     trainer.setup()
     trainer.train()
     pipeline = trainer.pipeline
+    pipeline.eval()
+    return pipeline
+
+
+def load_trained_pipeline(config_path: Path):
+    """A trained run's pipeline (``nerfstudio.utils.eval_utils.eval_setup``) with its pose prior cut to
+    :data:`TRAIN_CLIPS`, so that no arm draws poses of the evaluation clips. The run's generator was
+    trained on its own prior; here it only receives training-clip poses as inputs. If the run fine-tuned
+    its critic (rounds), the pre-trained critic is loaded again so that every arm starts from it.
+
+    Raises:
+        PoseGenInputError: ``config_path`` is not a file.
+    """
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from posegen_ns.data.poses import load_pose_bank
+    from posegen_ns.pipeline import prior_clip_paths
+
+    if not Path(config_path).is_file():
+        raise PoseGenInputError(f"--load-config {config_path} does not exist; pass RUN/config.yml of an ns-train posegen-human run.")
+    _, pipeline, _, _ = eval_setup(Path(config_path), test_mode="inference")
+    dev = pipeline.prior_body_pose.device
+    bank = load_pose_bank(pipeline.model.body, clips=prior_clip_paths(TRAIN_CLIPS), stride=pipeline.config.sampler.prior_stride)
+    pipeline.prior_body_pose = bank.body_pose.float().to(dev)
+    pipeline.prior_global_orient = bank.global_orient.float().to(dev)
+    if pipeline.config.finetune_steps_per_round > 0:  # the saved critic was fine-tuned: start every arm from the pre-trained one
+        body_source = pipeline.config.model.body or pipeline.datamanager.train_capture.body
+        pipeline.critic = pipeline._load_critic(body_source).to(dev)
     pipeline.eval()
     return pipeline
 
@@ -434,15 +466,21 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     cfg.output_dir = out_dir
     say = _say()
 
-    t = time.time()
-    say("building the capture and the pre-trained critic (cached after the first run)")
-    capture = build_capture(cfg, sizes)
-    timing["capture"] = time.time() - t
+    if cfg.load_config is not None:
+        t = time.time()
+        say(f"loading the trained run {cfg.load_config}")
+        pipeline = load_trained_pipeline(cfg.load_config)
+        timing["load_run"] = time.time() - t
+    else:
+        t = time.time()
+        say("building the capture and the pre-trained critic (cached after the first run)")
+        capture = build_capture(cfg, sizes)
+        timing["capture"] = time.time() - t
 
-    t = time.time()
-    say(f"ns-train: field ({sizes.field_steps} steps) and our sampler ({sizes.loop_steps} steps)")
-    pipeline = train_pipeline(cfg, sizes, capture)
-    timing["field_and_sampler"] = time.time() - t
+        t = time.time()
+        say(f"ns-train: field ({sizes.field_steps} steps) and our sampler ({sizes.loop_steps} steps)")
+        pipeline = train_pipeline(cfg, sizes, capture)
+        timing["field_and_sampler"] = time.time() - t
 
     t = time.time()
     say(f"training the released-style pose GAN ({sizes.gan_steps} steps, fixed camera, label-only feedback)")
@@ -488,7 +526,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         "categories": sorted({c for r in rows for c in r["categories"]}),
         "config": {"preset": cfg.preset, "sizes": asdict(sizes), "finetune": _jsonable(asdict(cfg.finetune)),
                    "train_clips": list(TRAIN_CLIPS), "eval_poses": [str(p) for p in eval_motion_paths(cfg)[0]],
-                   "device": str(cfg.device), "seed": cfg.seed},
+                   "device": str(cfg.device), "seed": cfg.seed,
+                   "load_config": str(cfg.load_config) if cfg.load_config is not None else None},
         "timing_s": timing,
     }
     print_table(results)

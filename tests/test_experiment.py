@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.experiment import ARMS, ExperimentConfig, run_experiment
@@ -54,6 +55,36 @@ def test_eval_poses_and_plot(results):
     assert returned["config"]["eval_poses"][0].endswith("10_03_soccer_kick.bvh")
     png = (root / "run" / "experiment.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_load_config_reuses_a_trained_run(results, monkeypatch):
+    """--load-config: no new ns-train run, the run's prior is cut to the training clips, same row schema."""
+    import posegen_ns.experiment as exp
+    from posegen_ns.data.poses import load_pose_bank
+    from posegen_ns.pipeline import prior_clip_paths
+
+    root, first = results
+    configs = list((root / "run" / "ns-train").rglob("config.yml"))
+    assert len(configs) == 1
+    loaded = {}
+    original = exp.load_trained_pipeline
+    monkeypatch.setattr(exp, "load_trained_pipeline", lambda path: loaded.setdefault("pipeline", original(path)))
+    monkeypatch.setattr(exp, "TRAIN_CLIPS", ("09_06_run",))  # a prior unlike the run's (4 clips)
+    cfg = ExperimentConfig(
+        preset="tiny", output_dir=root / "reuse", load_config=configs[0], eval_poses=root / "eval_poses", device="cpu",
+        gan_steps=1, sampler_batch=2, finetune_images=2, finetune_batch=2, finetune_epochs=1, eval_max_frames=1,
+        eval_cameras=2, eval_elevations=(0.0,), eval_resolution=32,
+    )
+    again = run_experiment(cfg)
+    assert not (root / "reuse" / "ns-train").exists()
+    assert [r["name"] for r in again["rows"]] == list(ARMS) and again["config"]["load_config"] == str(configs[0])
+    assert [r["num_finetune_images"] for r in again["rows"]] == [0, 2, 2, 2]
+    assert "field_and_sampler" not in again["timing_s"] and "load_run" in again["timing_s"]
+    pipeline = loaded["pipeline"]
+    bank = load_pose_bank("tiny", clips=prior_clip_paths(("09_06_run",)), stride=pipeline.config.sampler.prior_stride)
+    assert torch.equal(pipeline.prior_body_pose.cpu(), bank.body_pose)
+    with pytest.raises(PoseGenInputError, match="--load-config"):
+        run_experiment(ExperimentConfig(output_dir=root / "missing", load_config=root / "nope.yml"))
 
 
 def test_bad_sizes_are_refused():
