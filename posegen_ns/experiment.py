@@ -146,41 +146,41 @@ class ExperimentConfig:
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(lr=1e-4))
     """Fine-tuning recipe shared by every arm (learning rate, source mixing, outlier filter)."""
     body: Optional[str] = None
-    """Override of the preset's field (see ExperimentSizes)."""
+    """Body of the subject and the critic: 'tiny' or 'open' (preset: tiny / open)."""
     capture_cameras: Optional[int] = None
-    """Override of the preset's field."""
+    """Cameras of the capture built for a tiny-body run (preset tiny: 3)."""
     capture_resolution: Optional[int] = None
-    """Override of the preset's field."""
+    """Image side of the capture built for a tiny-body run, pixels (preset tiny: 40)."""
     critic_pretrain_steps: Optional[int] = None
-    """Override of the preset's field."""
+    """Pre-training steps of the default critic, cached per setting (tiny 150, full 1000)."""
     critic_input_size: Optional[int] = None
-    """Override of the preset's field."""
+    """Crop side of the default critic, pixels (tiny 32, full 64)."""
     field_steps: Optional[int] = None
-    """Override of the preset's field."""
+    """Phase 1 steps, fitting the field (tiny 60, full 1500)."""
     loop_steps: Optional[int] = None
-    """Override of the preset's field."""
+    """Phase 2 steps, our sampler against the frozen critic (tiny 30, full 300)."""
     num_gaussians: Optional[int] = None
-    """Override of the preset's field."""
+    """Gaussians of the field (tiny 300, full 6000)."""
     sampler_batch: Optional[int] = None
-    """Override of the preset's field."""
+    """(pose, camera) samples per sampler step, ours and the released GAN (tiny 4, full 6)."""
     gan_steps: Optional[int] = None
-    """Override of the preset's field."""
+    """Training steps of the released-style pose GAN (tiny 30, full 300)."""
     finetune_images: Optional[int] = None
-    """Override of the preset's field."""
+    """Usable (post-filter) fine-tuning images per arm (tiny 48, full 1024)."""
     finetune_batch: Optional[int] = None
-    """Override of the preset's field."""
+    """Images per fine-tuning step (tiny 8, full 32)."""
     finetune_epochs: Optional[int] = None
-    """Override of the preset's field."""
+    """Passes over each arm's fine-tuning images (3)."""
     eval_stride: Optional[int] = None
-    """Override of the preset's field."""
+    """Frame stride of the evaluation motions (tiny 24, full 8)."""
     eval_max_frames: Optional[int] = None
-    """Override of the preset's field."""
+    """At most this many frames per evaluation motion after the stride (tiny 6, full all)."""
     eval_cameras: Optional[int] = None
-    """Override of the preset's field."""
+    """Cameras on the evaluation ring (tiny 4, full 8)."""
     eval_elevations: Optional[tuple[float, ...]] = None
-    """Override of the preset's field."""
+    """Elevations of the evaluation ring, degrees (tiny 0 30, full 0 20 40)."""
     eval_resolution: Optional[int] = None
-    """Override of the preset's field."""
+    """Rendered evaluation image side, pixels (tiny 40, full 128)."""
 
     def sizes(self) -> ExperimentSizes:
         """The preset's sizes with this config's overrides applied.
