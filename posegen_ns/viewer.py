@@ -49,20 +49,9 @@ from nerfstudio.viewer.viewer_elements import (
     ViewerText,
 )
 
-from posegen_ns.body.joint_sets import H36M_JOINT_NAMES, H36M_TO_LSP14, SMPL_PARENTS
+from posegen_ns.body.joint_sets import H36M_TO_LSP14, SKELETON_PARENTS
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.geometry import project_points
-
-H36M_PARENTS: Tuple[int, ...] = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15)
-"""Parent of each H36M-17 joint (order of :data:`~posegen_ns.body.joint_sets.H36M_JOINT_NAMES`; -1 root):
-legs hang from the pelvis, spine -> thorax -> neck/nose -> head top, arms from the thorax."""
-
-LSP_PARENTS: Tuple[int, ...] = (1, 2, 12, 12, 3, 4, 7, 8, 12, 12, 9, 10, -1, 12)
-"""Parent of each LSP-14 joint (order of :data:`~posegen_ns.body.joint_sets.LSP_JOINT_NAMES`): LSP has
-no pelvis, so both hips and both shoulders hang from the thorax (the torso's sides)."""
-
-SKELETON_PARENTS: Dict[str, Tuple[int, ...]] = {"smpl24": SMPL_PARENTS, "h36m17": H36M_PARENTS, "lsp14": LSP_PARENTS}
-"""Joint set -> parent index of each joint, for drawing bones (joint ``j`` to ``parents[j]``)."""
 
 GT_COLOR: Tuple[int, int, int] = (40, 220, 40)
 """RGB of the ground-truth skeleton."""

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from posegen_ns.body.joint_sets import H36M_JOINT_NAMES, LSP_JOINT_NAMES, SMPL_JOINT_NAMES
+from posegen_ns.body.joint_sets import H36M_JOINT_NAMES, LSP_JOINT_NAMES, SKELETON_PARENTS, SMPL_JOINT_NAMES
 from posegen_ns.errors import PoseGenInputError
-from posegen_ns.viewer import GT_COLOR, PRED_COLOR, SKELETON_PARENTS, overlay_skeletons
+from posegen_ns.viewer import GT_COLOR, PRED_COLOR, overlay_skeletons
 
 # ------------------------------------------------------------------------------------------ 2D overlay
 

@@ -50,6 +50,17 @@ JOINT_SETS: dict[str, tuple[str, ...]] = {
 }
 """Joint-set name -> joint names. Names used on the command line and in exported manifests."""
 
+H36M_PARENTS: tuple[int, ...] = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15)
+"""Parent of each H36M-17 joint (order of :data:`H36M_JOINT_NAMES`; -1 root):
+legs hang from the pelvis, spine -> thorax -> neck/nose -> head top, arms from the thorax."""
+
+LSP_PARENTS: tuple[int, ...] = (1, 2, 12, 12, 3, 4, 7, 8, 12, 12, 9, 10, -1, 12)
+"""Parent of each LSP-14 joint (order of :data:`LSP_JOINT_NAMES`): LSP has
+no pelvis, so both hips and both shoulders hang from the thorax (the torso's sides)."""
+
+SKELETON_PARENTS: dict[str, tuple[int, ...]] = {"smpl24": SMPL_PARENTS, "h36m17": H36M_PARENTS, "lsp14": LSP_PARENTS}
+"""Joint set -> parent index of each joint, for drawing bones (joint ``j`` to ``parents[j]``)."""
+
 ROOT_INDEX: dict[str, int | None] = {"smpl24": 0, "h36m17": H36M_PELVIS, "lsp14": None}
 """Index of the pelvis in each joint set; LSP-14 has none (use the mid-hip, see metrics)."""
 
