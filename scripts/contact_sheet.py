@@ -4,8 +4,8 @@
 
 Draws ``--num`` (default 16) (pose, camera) samples from the run's learned hard distribution
 (``pipeline.draw(hard=True)``), renders them with the trained field and scores them with the run's
-critic (``pipeline.render_and_score``), and writes a grid of the renders with the exact labels drawn
-over them: the ground-truth SMPL-24 skeleton (projected joints, green) and, in red, the critic's
+critic (``pipeline.render_and_score``), and writes a grid of pairs: each render as it is, and beside it
+the render with the exact labels drawn over it: the ground-truth SMPL-24 skeleton (projected joints, green) and, in red, the critic's
 prediction (root-relative H36M-17 placed at the ground-truth pelvis and projected with the sample's
 ``K``; H36M bones). Each tile is captioned with the critic's MPJPE (mm).
 
@@ -40,7 +40,7 @@ class ContactSheetConfig:
     output: Path = Path("contact_sheet.png")
     """PNG to write."""
     num: int = 16
-    """Samples on the sheet (a square grid of ceil(sqrt(num)) columns)."""
+    """Samples on the sheet (ceil(sqrt(num)) columns of (render, render with labels) pairs)."""
     tile: int = 192
     """Side of one tile in pixels (renders are upscaled, nearest neighbour)."""
     num_diversity: int = 64
@@ -53,10 +53,10 @@ def _draw_skeleton(img: np.ndarray, pts: np.ndarray, bones, color, scale: float)
     for a, b in bones:
         pa, pb = pts[a] * scale, pts[b] * scale
         if np.isfinite(pa).all() and np.isfinite(pb).all():
-            cv2.line(img, tuple(int(round(v)) for v in pa), tuple(int(round(v)) for v in pb), color, 2, cv2.LINE_AA)
+            cv2.line(img, tuple(int(round(v)) for v in pa), tuple(int(round(v)) for v in pb), color, 1, cv2.LINE_AA)
     for p in pts:
         if np.isfinite(p).all():
-            cv2.circle(img, tuple(int(round(v)) for v in p * scale), 2, color, -1, cv2.LINE_AA)
+            cv2.circle(img, tuple(int(round(v)) for v in p * scale), 1, color, -1, cv2.LINE_AA)
 
 
 @torch.no_grad()
@@ -80,16 +80,20 @@ def contact_sheet(cfg: ContactSheetConfig) -> dict:
     cols = math.ceil(math.sqrt(B))
     rows = math.ceil(B / cols)
     scale = cfg.tile / max(H, W)
-    sheet = np.zeros((rows * cfg.tile, cols * cfg.tile, 3), dtype=np.uint8)
+    T = cfg.tile
+    sheet = np.zeros((rows * T, cols * 2 * T, 3), dtype=np.uint8)  # each sample: the render, then the render with labels
     for i in range(B):
         img = (s.images[i].clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
-        img = cv2.resize(img, (int(W * scale), int(H * scale)), interpolation=cv2.INTER_NEAREST).copy()
-        _draw_skeleton(img, s.joints_smpl_2d[i].cpu().numpy(), smpl_bones, (60, 220, 60), scale)
+        img = cv2.resize(img, (int(W * scale), int(H * scale)), interpolation=cv2.INTER_NEAREST)[:T, :T].copy()
+        over = img.copy()
+        _draw_skeleton(over, s.joints_smpl_2d[i].cpu().numpy(), smpl_bones, (60, 220, 60), scale)
         if pred_2d is not None:
-            _draw_skeleton(img, pred_2d[i].cpu().numpy(), H36M_BONES, (230, 50, 50), scale)
-        cv2.putText(img, f"{1000 * float(s.error[i]):.0f} mm", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+            _draw_skeleton(over, pred_2d[i].cpu().numpy(), H36M_BONES, (230, 50, 50), scale)
+        cv2.putText(over, f"{1000 * float(s.error[i]):.0f} mm", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
         r, c = divmod(i, cols)
-        sheet[r * cfg.tile : r * cfg.tile + img.shape[0], c * cfg.tile : c * cfg.tile + img.shape[1]] = img[: cfg.tile, : cfg.tile]
+        y, x = r * T, c * 2 * T
+        sheet[y : y + img.shape[0], x : x + img.shape[1]] = img
+        sheet[y : y + over.shape[0], x + T : x + T + over.shape[1]] = over
     cfg.output.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(cfg.output), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     out = {
