@@ -374,7 +374,8 @@ def draw_finetune_set(pipeline: Any, draw: Any, num_images: int, batch_size: int
     (``drawn``, ``kept``, ``dropped_by``, ``mean_error_mm`` of the pre-trained critic on the kept samples).
 
     Raises:
-        RuntimeError: fewer than ``num_images`` usable samples after ``max_tries * num_images`` draws.
+        PoseGenInputError: fewer than ``num_images`` usable samples after ``max_tries * num_images`` draws
+            (the filter is too strict for this distribution).
     """
     g = torch.Generator().manual_seed(seed)
     kept: list[dict] = []
@@ -383,7 +384,11 @@ def draw_finetune_set(pipeline: Any, draw: Any, num_images: int, batch_size: int
     nb = pipeline.critic.body.num_betas
     while have < num_images:
         if drawn >= max_tries * num_images:
-            raise RuntimeError(f"only {have} of {num_images} samples passed the outlier filter in {drawn} draws ({stats.dropped_by}).")
+            raise PoseGenInputError(
+                f"only {have} of {num_images} samples passed the outlier filter in {drawn} draws (dropped: {stats.dropped_by}); "
+                "loosen --finetune.max-error-mm / --finetune.min-error-mm / --finetune.max-box-outside, or ask for fewer "
+                "--finetune-images."
+            )
         with torch.no_grad():
             scored = pipeline.render_and_score(draw(batch_size, g))
         batch = {k: v.cpu() for k, v in batch_from_samples(scored, nb).items()}

@@ -91,3 +91,31 @@ def test_bad_sizes_are_refused():
     with pytest.raises(PoseGenInputError, match="--finetune-images"):
         ExperimentConfig(finetune_images=0).sizes()
     assert ExperimentConfig(preset="full", loop_steps=7).sizes().loop_steps == 7
+
+
+def test_too_strict_filter_names_the_fix():
+    """draw_finetune_set stops with a message naming the options when the filter keeps nothing."""
+    from posegen_ns.experiment import draw_finetune_set
+    from posegen_ns.finetune import FinetuneConfig
+
+    class Scored:  # what render_and_score returns, for 2 samples whose critic error is 2 m
+        def __init__(self, n):
+            self.images = torch.rand(n, 16, 16, 3)
+            self.boxes = torch.tensor([[2.0, 2.0, 14.0, 14.0]]).expand(n, 4)
+            self.joints_h36m_cam = torch.rand(n, 17, 3) * 0.1 + torch.tensor([0.0, 0.0, 3.0])
+            self.joints_h36m_2d = torch.full((n, 17, 2), 8.0)
+            self.body_pose, self.global_orient = torch.zeros(n, 69), torch.zeros(n, 3)
+            self.R, self.betas, self.error = torch.eye(3).expand(n, 3, 3), torch.zeros(n, 10), torch.full((n,), 2.0)
+
+    class FakePipeline:
+        class critic:
+            class body:
+                num_betas = 10
+
+        def render_and_score(self, sample):
+            return Scored(sample)
+
+    with pytest.raises(PoseGenInputError, match="--finetune.max-error-mm"):
+        draw_finetune_set(FakePipeline(), lambda n, g: n, 4, 2, FinetuneConfig(max_error_mm=600.0), max_tries=2)
+    batches, info = draw_finetune_set(FakePipeline(), lambda n, g: n, 4, 2, FinetuneConfig(max_error_mm=3000.0))
+    assert [b["images"].shape for b in batches] == [(2, 3, 16, 16)] * 2 and info["kept"] == 4 and info["drawn"] == 4
