@@ -13,8 +13,8 @@ keeps BatchNorm frozen. Here:
   averaged weighted by image count (= the mean over one concatenated batch).
 - **BatchNorm frozen**: :meth:`adapters.protocol.Critic.train_mode` (running statistics used, never
   updated), as SPIN/HMR fine-tuning on small batches needs.
-- **Per-sample outlier filter** (:func:`outlier_mask`): drops samples whose labels are not finite,
-  whose 2D joints project outside the image (the person is cut off: the label cannot be read from the
+- **Per-sample outlier filter** (:func:`outlier_mask`): drops samples whose labels are not finite or
+  have a joint behind the camera, whose 2D joints project outside the image (the person is cut off: the label cannot be read from the
   image), whose critic box lies mostly outside the image, or whose critic error exceeds a bound (a
   render artefact or a degenerate pose; PoseGen's release filters its fine-tuning samples on the
   critic's loss in the same spirit). ``min_error_mm`` optionally keeps only samples the critic gets
@@ -41,7 +41,8 @@ from posegen_ns.errors import PoseGenInputError
 from posegen_ns.geometry import axis_angle_to_matrix, matrix_to_axis_angle, project_points
 
 FILTER_REASONS: tuple[str, ...] = ("non_finite", "joints_outside", "box_outside", "error_above", "error_below")
-"""Reasons :func:`outlier_mask` drops a sample, in the order they are checked."""
+"""Reasons :func:`outlier_mask` drops a sample, in the order they are checked (``non_finite`` also counts
+a joint behind the camera)."""
 
 
 @dataclass
