@@ -6,8 +6,8 @@ Draws ``--num`` (default 16) (pose, camera) samples from the run's learned hard 
 (``pipeline.draw(hard=True)``), renders them with the trained field and scores them with the run's
 critic (``pipeline.render_and_score``), and writes a grid of pairs: each render as it is, and beside it
 the render with the exact labels drawn over it: the ground-truth SMPL-24 skeleton (projected joints, green) and, in red, the critic's
-prediction (root-relative H36M-17 placed at the ground-truth pelvis and projected with the sample's
-``K``; H36M bones). Each tile is captioned with the critic's MPJPE (mm).
+prediction (its root-relative joints placed at the ground-truth root and projected with the sample's
+``K``; bones from :data:`posegen_ns.body.joint_sets.SKELETON_PARENTS`; H36M-17 and SMPL-24 critics). Each tile is captioned with the critic's MPJPE (mm).
 
 It then prints :meth:`posegen_ns.pipeline.PoseGenPipeline.diversity` for ``--num-diversity`` hard and
 as many prior samples (real mocap poses, uniform cameras): the mean pairwise joint distance (mm) of
@@ -26,9 +26,7 @@ import numpy as np
 import torch
 import tyro
 
-H36M_BONES = ((0, 1), (1, 2), (2, 3), (0, 4), (4, 5), (5, 6), (0, 7), (7, 8), (8, 9), (9, 10), (8, 11), (11, 12),
-              (12, 13), (8, 14), (14, 15), (15, 16))
-"""H36M-17 bones (pelvis 0; SPIN's order)."""
+from posegen_ns.body.joint_sets import SKELETON_PARENTS
 
 
 @dataclass
@@ -71,12 +69,13 @@ def contact_sheet(cfg: ContactSheetConfig) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     s = pipeline.render_and_score(pipeline.draw(cfg.num, hard=True, noise=gen))
     B, H, W, _ = s.images.shape
-    # the critic's prediction placed at the ground-truth pelvis (camera frame), projected with K
-    pred_cam = s.pred_joints[:, :17] + s.joints_h36m_cam[:, :1] if s.pred_joints.shape[1] == 17 else None
+    # the critic's root-relative prediction placed at the ground-truth root (camera frame), projected with K
+    js = pipeline.critic.joint_set
+    root = {"h36m17": s.joints_h36m_cam[:, :1], "smpl24": s.joints_smpl_cam[:, :1]}.get(js)
+    pred_cam = s.pred_joints + root if root is not None else None  # LSP-14 (hip mid-point root): not drawn
     eye = torch.eye(3, device=s.K.device).expand(B, 3, 3)
     pred_2d = project_points(pred_cam, s.K, eye, torch.zeros(B, 3, device=s.K.device))[0] if pred_cam is not None else None
-    parents = [int(p) for p in pipeline.model.body.parents.tolist()]
-    smpl_bones = [(j, p) for j, p in enumerate(parents) if p >= 0]
+    bones = {name: [(j, p) for j, p in enumerate(parents) if p >= 0] for name, parents in SKELETON_PARENTS.items()}
     cols = math.ceil(math.sqrt(B))
     rows = math.ceil(B / cols)
     scale = cfg.tile / max(H, W)
@@ -86,9 +85,9 @@ def contact_sheet(cfg: ContactSheetConfig) -> dict:
         img = (s.images[i].clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
         img = cv2.resize(img, (int(W * scale), int(H * scale)), interpolation=cv2.INTER_NEAREST)[:T, :T].copy()
         over = img.copy()
-        _draw_skeleton(over, s.joints_smpl_2d[i].cpu().numpy(), smpl_bones, (60, 220, 60), scale)
+        _draw_skeleton(over, s.joints_smpl_2d[i].cpu().numpy(), bones["smpl24"], (60, 220, 60), scale)
         if pred_2d is not None:
-            _draw_skeleton(over, pred_2d[i].cpu().numpy(), H36M_BONES, (230, 50, 50), scale)
+            _draw_skeleton(over, pred_2d[i].cpu().numpy(), bones[js], (230, 50, 50), scale)
         cv2.putText(over, f"{1000 * float(s.error[i]):.0f} mm", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
         r, c = divmod(i, cols)
         y, x = r * T, c * 2 * T
@@ -102,7 +101,7 @@ def contact_sheet(cfg: ContactSheetConfig) -> dict:
         "errors_mm": [1000 * float(e) for e in s.error],
     }
     print(f"wrote {cfg.output}: {B} hard samples, critic MPJPE {np.nanmean(out['errors_mm']):.1f} mm "
-          "(green: ground-truth SMPL-24 skeleton, red: critic's H36M-17 prediction at the true pelvis)")
+          f"(green: ground-truth SMPL-24 skeleton, red: critic's {js} prediction at the true root)")
     print(f"diversity over {cfg.num_diversity} samples each:")
     print(f"  {'measure':<28}{'hard':>10}{'prior':>10}")
     for k in out["hard"]:
