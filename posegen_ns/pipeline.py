@@ -617,10 +617,13 @@ class PoseGenPipeline(VanillaPipeline):
                         f"(the schedule needs {self.config.schedule_length()} steps)")
 
         def report(step: int) -> None:
+            # nerfstudio runs ``max_num_iterations`` steps from the checkpoint's step when resumed
+            # (``--load-dir``), so the last step is known only once training has started
+            end = (trainer._start_step + trainer.config.max_num_iterations - 1) if trainer is not None else None
             if self.config.phase_at(step)[0] == "finetune" and self.config.phase_at(step + 1)[0] != "finetune":
                 self._round_report(step, base_dir)
-            if step == self.config.field_steps - 1 or step == last:
-                self._report(step, base_dir, final=step == last)
+            if step == self.config.field_steps - 1 or step == end:
+                self._report(step, base_dir, final=step == end)
 
         return [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], report, update_every_num_iters=1)] + self.model.get_training_callbacks(training_callback_attributes)
 
