@@ -79,6 +79,10 @@ class SamplerConfig:
     diversity_weight: float = 0.05
     """Weight of the mode-seeking term (Mao et al., CVPR 2019) that keeps different noise giving different
     samples of the same real pose; guards against the mode collapse PoseAug-style GANs are prone to."""
+    min_camera_std: float = 1.0
+    """Floor on the spread of each camera logit (sigmoid space; :class:`~posegen_ns.sampler.HardPoseGenerator`)."""
+    max_camera_mean: float = 2.0
+    """Bound on each camera logit's mean (sigmoid space; 2.0 keeps it within the middle 76 % of each range)."""
     reference_momentum: float = 0.9
     """Momentum of the running critic error on prior samples (the hardness reference)."""
     prior_stride: int = 4
@@ -151,10 +155,12 @@ class CriticConfig:
     """Black-box critics: perturbation scale (radians for poses and angles, metres, focal scale)."""
     pretrain_steps: int = 1000
     """Steps of pre-training for the default critic (only when it is not cached yet)."""
-    input_size: int = 64
-    """Crop size of the default critic."""
-    backbone: str = "resnet18"
-    """Backbone of the default critic."""
+    input_size: Optional[int] = None
+    """Crop size (pixels) of the critic's input. Default: 64 for the default critic; for 'spin'/'hmr' what the
+    checkpoint records (224 for SPIN's official file); 256 for HybrIK. Not used by 'blazepose'."""
+    backbone: Optional[str] = None
+    """HMR backbone ('resnet18', 'resnet50', ...) for the default critic (default 'resnet18') and 'spin'/'hmr'
+    (default: what the checkpoint records, 'resnet50' for SPIN's official file)."""
 
 
 @dataclass
@@ -271,8 +277,7 @@ class PoseGenPipeline(VanillaPipeline):
         )
         self.model.to(device)
         self.ranges = config.sampler.ranges()
-        self.generator = HardPoseGenerator(config.sampler.noise_dim, config.sampler.hidden, config.sampler.max_residual, self.ranges).to(device)
-        self.discriminator = PartDiscriminator().to(device)
+        self.generator, self.discriminator = self.make_sampler_networks(device)
         from posegen_ns.data.poses import load_pose_bank
 
         body_source = config.model.body or capture.body
@@ -310,17 +315,30 @@ class PoseGenPipeline(VanillaPipeline):
         if cfg.name == "default":
             from adapters.pretrain import default_critic_checkpoint
 
+            input_size, backbone = cfg.input_size or 64, cfg.backbone or "resnet18"
             checkpoint = cfg.checkpoint or default_critic_checkpoint(
-                body=body_source, steps=cfg.pretrain_steps, input_size=cfg.input_size, backbone=cfg.backbone
+                body=body_source, steps=cfg.pretrain_steps, input_size=input_size, backbone=backbone
             )
-            return load_critic("hmr", checkpoint=checkpoint, body=body_source, backbone=cfg.backbone, input_size=cfg.input_size)
+            return load_critic("hmr", checkpoint=checkpoint, body=body_source, backbone=backbone, input_size=input_size)
         options = {
             "body": cfg.body, "j_regressor_h36m": cfg.j_regressor_h36m, "smpl_mean_params": cfg.smpl_mean_params,
             "h36m_mean_beta": cfg.h36m_mean_beta, "python": cfg.python,
         }
+        if cfg.name in ("hmr", "spin"):
+            options.update(backbone=cfg.backbone, input_size=cfg.input_size)
+        elif cfg.name.startswith("hybrik"):
+            options.update(input_size=cfg.input_size)
         if cfg.name in ("hmr", "spin") and cfg.body is None:
             options["body"] = body_source  # HMR needs a body; HybrIK falls back to its checkpoint's SMPL
         return load_critic(cfg.name, checkpoint=cfg.checkpoint, **{k: v for k, v in options.items() if v is not None})
+
+    def make_sampler_networks(self, device: Any) -> Tuple[HardPoseGenerator, PartDiscriminator]:
+        """A freshly initialised generator and discriminator as ``config.sampler`` describes them, on ``device``
+        (``ns-posegen-experiment --relearn-steps`` re-learns the sampler with them)."""
+        s = self.config.sampler
+        gen = HardPoseGenerator(s.noise_dim, s.hidden, s.max_residual, self.ranges, min_camera_std=s.min_camera_std,
+                                max_camera_mean=s.max_camera_mean)
+        return gen.to(device), PartDiscriminator().to(device)
 
     @property
     def loop_started(self) -> bool:
