@@ -40,7 +40,12 @@ Output: a rich table, ``DIR/experiment.png`` (MPJPE per category, before/after) 
 Presets: ``tiny`` (tiny body, toy sizes: CPU in a few minutes) and ``full`` (the open body and the
 default capture, ``posegen-human``'s sizes; meant for one GPU in under 30 minutes). Every size can be
 overridden on the command line. ``--load-config RUN/config.yml`` reuses a trained run (its field,
-sampler and critic; the prior cut to the training clips) instead of training one.
+sampler and critic; the prior cut to the training clips) instead of training one. ``--relearn-steps N``
+re-learns ours on that field (fresh generator and discriminator, N sampler steps against the frozen
+pre-trained critic) with ``--sampler.*`` overrides of the run's sampler settings
+(:class:`SamplerOverrides`), so sampler settings can be compared without refitting the field;
+``--ours-prior-fraction`` mixes prior samples into ours' fine-tuning set; ``--arms`` runs a subset of
+the arms (each arm seeds its own fine-tuning, so its row does not depend on the others).
 """
 
 from __future__ import annotations
@@ -125,6 +130,41 @@ PRESETS: dict[str, ExperimentSizes] = {
 
 
 @dataclass
+class SamplerOverrides:
+    """Settings of our sampler to re-learn it with (``--relearn-steps``); unset fields keep the run's
+    :class:`posegen_ns.pipeline.SamplerConfig` value. Every field is a ``SamplerConfig`` field."""
+
+    target_ratio: Optional[float] = None
+    """Wanted hardness ratio (hard / prior critic error) of the bounded hardness loss."""
+    max_residual: Optional[float] = None
+    """Bound (radians) on the generator's per-joint rotation residual from a real pose."""
+    min_camera_std: Optional[float] = None
+    """Floor on the spread of each camera logit (sigmoid space)."""
+    max_camera_mean: Optional[float] = None
+    """Bound on each camera logit's mean (sigmoid space)."""
+    hardness_weight: Optional[float] = None
+    """Weight of the bounded hardness loss."""
+    adversarial_weight: Optional[float] = None
+    """Weight of the generator's adversarial (plausibility) loss."""
+    residual_weight: Optional[float] = None
+    """Weight of the squared pose residual (radians^2)."""
+    diversity_weight: Optional[float] = None
+    """Weight of the mode-seeking diversity term."""
+    batch_size: Optional[int] = None
+    """(pose, camera) samples per sampler step."""
+
+    def given(self) -> dict[str, Any]:
+        """``{field: value}`` of the fields that are set."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def apply(self, sampler: Any) -> Any:
+        """A copy of ``sampler`` (a ``SamplerConfig``) with the set fields replaced."""
+        import dataclasses
+
+        return dataclasses.replace(sampler, **self.given())
+
+
+@dataclass
 class ExperimentConfig:
     """Compare critics fine-tuned on random prior poses, on PoseGen-as-released samples and on ours."""
 
@@ -145,6 +185,16 @@ class ExperimentConfig:
     """Torch device."""
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(lr=1e-4))
     """Fine-tuning recipe shared by every arm (learning rate, source mixing, outlier filter)."""
+    arms: tuple[str, ...] = ARMS
+    """Arms to run, a subset of pretrained, random-prior, posegen-released, ours (each arm's result does not depend on the others)."""
+    relearn_steps: Optional[int] = None
+    """Re-learn ours on the trained (or loaded) field: re-initialise the generator and discriminator and run this many
+    sampler steps against the frozen pre-trained critic, with the ``--sampler.*`` overrides (default: keep the run's sampler)."""
+    sampler: SamplerOverrides = field(default_factory=SamplerOverrides)
+    """Sampler settings for ``--relearn-steps`` (unset: the run's)."""
+    ours_prior_fraction: float = 0.0
+    """Fraction of ours' fine-tuning draws taken from the prior (random-prior's distribution) instead of the hard
+    sampler, as PoseAug trains on original and augmented poses together; 0 = hard samples only."""
     body: Optional[str] = None
     """Body of the subject and the critic: 'tiny' or 'open' (preset: tiny / open)."""
     capture_cameras: Optional[int] = None
@@ -198,7 +248,28 @@ class ExperimentConfig:
                      "sampler_batch", "eval_stride", "eval_cameras", "eval_resolution"):
             if getattr(sizes, name) < 1:
                 raise PoseGenInputError(f"ns-posegen-experiment: --{name.replace('_', '-')} must be >= 1 (got {getattr(sizes, name)}).")
+        self.validate()
         return sizes
+
+    def validate(self) -> None:
+        """Checks of the options that are not sizes.
+
+        Raises:
+            PoseGenInputError: an unknown arm, ``--relearn-steps < 1``, ``--sampler.*`` without ``--relearn-steps``,
+                or ``--ours-prior-fraction`` outside [0, 1).
+        """
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown or not self.arms:
+            raise PoseGenInputError(f"ns-posegen-experiment: --arms {' '.join(self.arms)}: each must be one of {', '.join(ARMS)}.")
+        if self.relearn_steps is not None and self.relearn_steps < 1:
+            raise PoseGenInputError(f"ns-posegen-experiment: --relearn-steps must be >= 1 (got {self.relearn_steps}).")
+        if self.sampler.given() and self.relearn_steps is None:
+            raise PoseGenInputError(
+                f"ns-posegen-experiment: --sampler.* ({', '.join(self.sampler.given())}) takes effect by re-learning ours: "
+                "add --relearn-steps N."
+            )
+        if not 0.0 <= self.ours_prior_fraction < 1.0:
+            raise PoseGenInputError(f"ns-posegen-experiment: --ours-prior-fraction must be in [0, 1) (got {self.ours_prior_fraction}).")
 
 
 # ---- building what the comparison needs ---------------------------------------------------------
@@ -367,6 +438,59 @@ def train_released_gan(pipeline: Any, steps: int, batch_size: int, seed: int = 0
     return sample
 
 
+def relearn_sampler(pipeline: Any, steps: int, overrides: Optional[SamplerOverrides] = None, seed: int = 0,
+                    lr: float = 1e-3) -> dict[str, Any]:
+    """Re-learn our sampler on the pipeline's trained field, without refitting the field: the run's
+    ``SamplerConfig`` with ``overrides`` applied becomes the pipeline's, the generator and discriminator
+    are re-initialised (:meth:`~posegen_ns.pipeline.PoseGenPipeline.make_sampler_networks`), the hardness
+    reference is reset, and ``steps`` phase-2 steps (:meth:`~posegen_ns.pipeline.PoseGenPipeline._loop_step`,
+    the same losses as ``ns-train``) run against the frozen critic with Adam at ``lr`` (``posegen-human``'s
+    generator and discriminator rate) on both networks.
+
+    Returns:
+        ``{"steps", "sampler": {overridden field: value}, "report": hardness_report()}`` (critic MPJPE in mm on
+        hard and prior samples, the hardness ratio, diversity and camera spreads after re-learning).
+    """
+    overrides = overrides or SamplerOverrides()
+    dev = pipeline.prior_body_pose.device
+    pipeline.config.sampler = overrides.apply(pipeline.config.sampler)
+    torch.manual_seed(seed)
+    pipeline.generator, pipeline.discriminator = pipeline.make_sampler_networks(dev)
+    pipeline.reference_error.fill_(float("nan"))
+    pipeline.noise = torch.Generator().manual_seed(seed)
+    for p in pipeline.parameters():
+        p.requires_grad_(False)
+    for net in (pipeline.generator, pipeline.discriminator):
+        for p in net.parameters():
+            p.requires_grad_(True)
+    opt = torch.optim.Adam([*pipeline.generator.parameters(), *pipeline.discriminator.parameters()], lr=lr, eps=1e-15)
+    pipeline.train()
+    try:
+        for _ in range(steps):
+            _, losses, _ = pipeline._loop_step()
+            opt.zero_grad(set_to_none=True)
+            sum(losses.values()).backward()  # the generator's terms do not reach the discriminator and vice versa
+            opt.step()
+    finally:
+        pipeline.eval()
+        for p in pipeline.parameters():
+            p.requires_grad_(False)
+    return {"steps": steps, "sampler": overrides.given(), "report": pipeline.hardness_report()}
+
+
+def mixed_draw(pipeline: Any, prior_fraction: float):
+    """``draw(num, generator) -> PoseCameraSample`` for ours' fine-tuning set: ``round(num * prior_fraction)``
+    prior samples (mocap poses, uniform cameras), the rest hard samples, in one batch."""
+    from posegen_ns.sampler import PoseCameraSample
+
+    def draw(num: int, g: torch.Generator) -> PoseCameraSample:
+        k = round(num * prior_fraction)
+        parts = [pipeline.draw(n, hard=hard, noise=g) for n, hard in ((num - k, True), (k, False)) if n > 0]
+        return PoseCameraSample(*(torch.cat([getattr(s, f) for s in parts]) for f in ("body_pose", "global_orient", "camera")))
+
+    return draw
+
+
 def draw_finetune_set(pipeline: Any, draw: Any, num_images: int, batch_size: int, fcfg: FinetuneConfig,
                       seed: int = 0, max_tries: int = 8) -> tuple[list[dict], dict[str, Any]]:
     """Render and label samples from ``draw(num, generator) -> PoseCameraSample`` until ``num_images``
@@ -487,10 +611,22 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         pipeline = train_pipeline(cfg, sizes, capture)
         timing["field_and_sampler"] = time.time() - t
 
-    t = time.time()
-    say(f"training the released-style pose GAN ({sizes.gan_steps} steps, fixed camera, label-only feedback)")
-    released = train_released_gan(pipeline, sizes.gan_steps, sizes.sampler_batch, seed=cfg.seed)
-    timing["released_gan"] = time.time() - t
+    released = None
+    if "posegen-released" in cfg.arms:  # before any re-learning: the released GAN keeps the run's sampler settings
+        t = time.time()
+        say(f"training the released-style pose GAN ({sizes.gan_steps} steps, fixed camera, label-only feedback)")
+        released = train_released_gan(pipeline, sizes.gan_steps, sizes.sampler_batch, seed=cfg.seed)
+        timing["released_gan"] = time.time() - t
+
+    relearned = None
+    if cfg.relearn_steps is not None and "ours" in cfg.arms:
+        t = time.time()
+        say(f"re-learning our sampler ({cfg.relearn_steps} steps; overrides {cfg.sampler.given() or 'none'})")
+        relearned = relearn_sampler(pipeline, cfg.relearn_steps, cfg.sampler, seed=cfg.seed)
+        r = relearned["report"]
+        say(f"re-learned: critic MPJPE hard {r['mpjpe_hard_mm']:.1f} mm, prior {r['mpjpe_prior_mm']:.1f} mm, "
+            f"ratio {r['hardness_ratio']:.2f}, azimuth spread {r['hard_camera_azimuth_std']:.2f} rad")
+        timing["relearn_sampler"] = time.time() - t
 
     t = time.time()
     say("rendering the evaluation set")
@@ -500,16 +636,19 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     draws = {
         "random-prior": lambda n, g: pipeline.draw(n, hard=False, noise=g),
         "posegen-released": released,
-        "ours": lambda n, g: pipeline.draw(n, hard=True, noise=g),
+        "ours": mixed_draw(pipeline, cfg.ours_prior_fraction),
     }
     pretrained = pipeline.critic
     source = pipeline.source_sampler()
     rows: list[dict[str, Any]] = []
     for i, name in enumerate(ARMS):
+        if name not in cfg.arms:
+            continue
         t = time.time()
         critic = copy.deepcopy(pretrained)
         ft_info: dict[str, Any] = {}
         n_images = 0
+        torch.manual_seed(cfg.seed + 1000 + i)  # dropout while fine-tuning: each arm reproducible on its own
         if name != "pretrained":
             say(f"arm '{name}': drawing {sizes.finetune_images} fine-tuning images, fine-tuning")
             with torch.no_grad():
@@ -531,7 +670,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         "categories": sorted({c for r in rows for c in r["categories"]}),
         "config": {"preset": cfg.preset, "sizes": asdict(sizes), "finetune": _jsonable(asdict(cfg.finetune)),
                    "train_clips": list(TRAIN_CLIPS), "eval_poses": [str(p) for p in eval_motion_paths(cfg)[0]],
-                   "device": str(cfg.device), "seed": cfg.seed,
+                   "device": str(cfg.device), "seed": cfg.seed, "arms": list(cfg.arms),
+                   "relearn": relearned, "ours_prior_fraction": cfg.ours_prior_fraction,
+                   "sampler": _jsonable(asdict(pipeline.config.sampler)),
                    "load_config": str(cfg.load_config) if cfg.load_config is not None else None},
         "timing_s": timing,
     }

@@ -87,6 +87,62 @@ def test_load_config_reuses_a_trained_run(results, monkeypatch):
         run_experiment(ExperimentConfig(output_dir=root / "missing", load_config=root / "nope.yml"))
 
 
+def test_relearn_ours_with_sampler_overrides(results):
+    """--relearn-steps with --sampler.* re-learns ours on the loaded field (fresh networks with the overridden
+    settings); --arms runs a subset; --ours-prior-fraction mixes prior samples into ours' fine-tuning draws."""
+    import posegen_ns.experiment as exp
+    from posegen_ns.experiment import SamplerOverrides, mixed_draw, relearn_sampler
+
+    root, _ = results
+    config = next((root / "run" / "ns-train").rglob("config.yml"))
+    pipeline = exp.load_trained_pipeline(config)
+    before = {k: v.clone() for k, v in pipeline.generator.state_dict().items()}
+    run_residual = pipeline.config.sampler.max_residual
+    info = relearn_sampler(pipeline, 2, SamplerOverrides(target_ratio=1.3, max_residual=0.1, min_camera_std=1.5), seed=0)
+    assert info["sampler"] == {"target_ratio": 1.3, "max_residual": 0.1, "min_camera_std": 1.5} and info["steps"] == 2
+    s = pipeline.config.sampler
+    assert (s.target_ratio, s.max_residual, s.min_camera_std) == (1.3, 0.1, 1.5) and run_residual != 0.1
+    assert pipeline.generator.max_residual == 0.1 and pipeline.generator.min_camera_std == 1.5
+    after = pipeline.generator.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # re-initialised and trained
+    assert all(not p.requires_grad for p in pipeline.parameters())  # left frozen
+    assert 0.0 < info["report"]["hardness_ratio"] < 100.0
+    sample = pipeline.draw(8, hard=True, noise=torch.Generator().manual_seed(1))
+    assert float(sample.residual.abs().max()) <= 0.1 + 1e-6
+    # mixing: the last round(n f) samples of each draw are prior poses (rows of the pose bank)
+    mixed = mixed_draw(pipeline, 0.5)(4, torch.Generator().manual_seed(2))
+    assert mixed.body_pose.shape == (4, 69)
+    bank = pipeline.prior_body_pose
+    is_prior = [bool(((bank - mixed.body_pose[i]).abs().amax(-1) < 1e-6).any()) for i in range(4)]
+    assert is_prior == [False, False, True, True]
+
+    cfg = ExperimentConfig(
+        preset="tiny", output_dir=root / "relearn", load_config=config, eval_poses=root / "eval_poses", device="cpu",
+        arms=("pretrained", "ours"), relearn_steps=2, sampler=SamplerOverrides(max_residual=0.2), ours_prior_fraction=0.5,
+        sampler_batch=2, finetune_images=2, finetune_batch=2, finetune_epochs=1, eval_max_frames=1, eval_cameras=2,
+        eval_elevations=(0.0,), eval_resolution=32,
+    )
+    out = run_experiment(cfg)
+    assert [r["name"] for r in out["rows"]] == ["pretrained", "ours"]
+    assert out["config"]["relearn"]["sampler"] == {"max_residual": 0.2} and out["config"]["sampler"]["max_residual"] == 0.2
+    assert "released_gan" not in out["timing_s"] and "relearn_sampler" in out["timing_s"]
+
+
+def test_bad_options_are_refused():
+    from posegen_ns.experiment import SamplerOverrides
+    from posegen_ns.pipeline import SamplerConfig
+
+    assert {f for f in SamplerOverrides.__dataclass_fields__} <= set(SamplerConfig.__dataclass_fields__)
+    with pytest.raises(PoseGenInputError, match="--relearn-steps"):
+        ExperimentConfig(sampler=SamplerOverrides(target_ratio=1.5)).sizes()
+    with pytest.raises(PoseGenInputError, match="--arms"):
+        ExperimentConfig(arms=("ours", "theirs")).sizes()
+    with pytest.raises(PoseGenInputError, match="--ours-prior-fraction"):
+        ExperimentConfig(ours_prior_fraction=1.0).sizes()
+    with pytest.raises(PoseGenInputError, match="--relearn-steps"):
+        ExperimentConfig(relearn_steps=0).sizes()
+
+
 def test_bad_sizes_are_refused():
     with pytest.raises(PoseGenInputError, match="--finetune-images"):
         ExperimentConfig(finetune_images=0).sizes()
