@@ -192,9 +192,9 @@ class ExperimentConfig:
     sampler steps against the frozen pre-trained critic, with the ``--sampler.*`` overrides (default: keep the run's sampler)."""
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)
     """Sampler settings for ``--relearn-steps`` (unset: the run's)."""
-    ours_prior_fraction: float = 0.0
+    ours_prior_fraction: float = 0.5
     """Fraction of ours' fine-tuning draws taken from the prior (random-prior's distribution) instead of the hard
-    sampler, as PoseAug trains on original and augmented poses together; 0 = hard samples only."""
+    sampler, as PoseAug trains on original and augmented poses together; 0 = hard samples only (measured worse)."""
     body: Optional[str] = None
     """Body of the subject and the critic: 'tiny' or 'open' (preset: tiny / open)."""
     capture_cameras: Optional[int] = None
