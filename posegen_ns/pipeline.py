@@ -43,7 +43,7 @@ from posegen_ns.errors import PoseGenInputError
 from posegen_ns.finetune import FinetuneConfig, FinetuneStats, batch_from_samples, finetune_losses, outlier_mask, select, source_count
 from posegen_ns.geometry import axis_angle_to_matrix, orbit_extrinsics, project_points
 from posegen_ns.metrics import mpjpe
-from posegen_ns.model import PoseGenHumanModelConfig, psnr
+from posegen_ns.model import PoseGenHumanModelConfig
 from posegen_ns.sampler import (
     CameraRanges,
     HardPoseGenerator,
@@ -588,22 +588,9 @@ class PoseGenPipeline(VanillaPipeline):
     def heldout_psnr(self) -> Dict[str, float]:
         """The field on every held-out (frame, camera) image: mean PSNR (dB) over whole images, mean
         PSNR over the person's pixels only (capture mask or rendered alpha > 0.5; the black background
-        inflates whole-image PSNR), and mean SSIM."""
-        dm = self.datamanager
-        cap = dm.eval_capture
-        frames = torch.arange(cap.num_frames).repeat_interleave(cap.num_cameras)
-        cams = torch.arange(cap.num_cameras).repeat(cap.num_frames)
-        whole, person, ssim = [], [], 0.0
-        for chunk in torch.split(torch.arange(len(frames)), 8):
-            _, batch = dm.capture_batch(cap, frames[chunk], cams[chunk])
-            out = self.model.render_batch(batch)
-            for i in range(len(chunk)):
-                whole.append(float(psnr(out["rgb"][i], batch["image"][i])))
-                sel = ((batch["mask"][i, ..., 0] > 0.5) | (out["accumulation"][i, ..., 0] > 0.5))
-                person.append(float(psnr(out["rgb"][i][sel], batch["image"][i][sel])))
-            ssim += float(self.model.ssim(out["rgb"].permute(0, 3, 1, 2), batch["image"].permute(0, 3, 1, 2))) * len(chunk)
-        n = len(whole)
-        return {"psnr": sum(whole) / n, "psnr_person": sum(person) / n, "ssim": ssim / n, "num_images": n}
+        inflates whole-image PSNR), and mean SSIM (:meth:`PoseGenHumanModel.image_quality` on the
+        datamanager's ``novel_pose`` split)."""
+        return self.model.image_quality(self.datamanager.split_batches("novel_pose"))
 
     def get_average_eval_image_metrics(self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False):
         self.eval()
