@@ -45,7 +45,9 @@ re-learns ours on that field (fresh generator and discriminator, N sampler steps
 pre-trained critic) with ``--sampler.*`` overrides of the run's sampler settings
 (:class:`SamplerOverrides`), so sampler settings can be compared without refitting the field;
 ``--ours-prior-fraction`` mixes prior samples into ours' fine-tuning set; ``--arms`` runs a subset of
-the arms (each arm seeds its own fine-tuning, so its row does not depend on the others).
+the arms (each arm seeds its own fine-tuning, so its row does not depend on the others); ``--repeats N``
+draws and fine-tunes each arm N times with different seeds and reports mean and standard deviation per row
+and ours' difference to every other row with its standard error (:func:`comparison_lines`).
 """
 
 from __future__ import annotations
@@ -142,6 +144,12 @@ class SamplerOverrides:
     """Floor on the spread of each camera logit (sigmoid space)."""
     max_camera_mean: Optional[float] = None
     """Bound on each camera logit's mean (sigmoid space)."""
+    max_camera_std: Optional[float] = None
+    """Cap on the spread of each camera logit (sigmoid space)."""
+    min_azimuth_std: Optional[float] = None
+    """Floor on the spread of the azimuth's wrapped normal (radians)."""
+    max_azimuth_std: Optional[float] = None
+    """Cap on the spread of the azimuth's wrapped normal (radians)."""
     hardness_weight: Optional[float] = None
     """Weight of the bounded hardness loss."""
     adversarial_weight: Optional[float] = None
@@ -192,6 +200,10 @@ class ExperimentConfig:
     sampler steps against the frozen pre-trained critic, with the ``--sampler.*`` overrides (default: keep the run's sampler)."""
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)
     """Sampler settings for ``--relearn-steps`` (unset: the run's)."""
+    repeats: int = 1
+    """Draw and fine-tune each arm this many times with different seeds (sample draws, fine-tuning order,
+    dropout); rows report the mean and the standard deviation. The field, the sampler and the released GAN
+    are trained once. The seed noise of one repeat is several mm of MPJPE, so compare arms with 3 or more."""
     ours_prior_fraction: float = 0.5
     """Fraction of ours' fine-tuning draws taken from the prior (random-prior's distribution) instead of the hard
     sampler, as PoseAug trains on original and augmented poses together; 0 = hard samples only (measured worse)."""
@@ -261,6 +273,8 @@ class ExperimentConfig:
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown or not self.arms:
             raise PoseGenInputError(f"ns-posegen-experiment: --arms {' '.join(self.arms)}: each must be one of {', '.join(ARMS)}.")
+        if self.repeats < 1:
+            raise PoseGenInputError(f"ns-posegen-experiment: --repeats must be >= 1 (got {self.repeats}).")
         if self.relearn_steps is not None and self.relearn_steps < 1:
             raise PoseGenInputError(f"ns-posegen-experiment: --relearn-steps must be >= 1 (got {self.relearn_steps}).")
         if self.sampler.given() and self.relearn_steps is None:
@@ -645,36 +659,35 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         if name not in cfg.arms:
             continue
         t = time.time()
-        critic = copy.deepcopy(pretrained)
-        ft_info: dict[str, Any] = {}
-        n_images = 0
-        torch.manual_seed(cfg.seed + 1000 + i)  # dropout while fine-tuning: each arm reproducible on its own
-        if name != "pretrained":
-            say(f"arm '{name}': drawing {sizes.finetune_images} fine-tuning images, fine-tuning")
-            with torch.no_grad():
-                batches, ft_info = draw_finetune_set(pipeline, draws[name], sizes.finetune_images, sizes.finetune_batch,
-                                                     cfg.finetune, seed=cfg.seed + 100 + i)
-            stats = finetune_critic(critic, batches * sizes.finetune_epochs, cfg.finetune, source=source, seed=cfg.seed)
-            ft_info.update(stats.as_dict())
-            n_images = sizes.finetune_images
-        result = evaluate_critic_on(critic, eval_batches, categories)
-        o = result["overall"]
-        rows.append({"name": name, "mpjpe_mm": o["mpjpe_mm"], "pa_mpjpe_mm": o["pa_mpjpe_mm"], "pck150": o["pck150"],
-                     "auc": o["auc"], "num_finetune_images": n_images, "num_eval_images": o["num_images"],
-                     "categories": result["categories"], "finetune": ft_info})
+        runs: list[dict[str, Any]] = []
+        for rep in range(1 if name == "pretrained" else cfg.repeats):  # the pre-trained critic is deterministic
+            s = cfg.seed + 10000 * rep  # repeat 0 keeps the single-run seeds
+            critic = copy.deepcopy(pretrained)
+            ft_info: dict[str, Any] = {}
+            torch.manual_seed(s + 1000 + i)  # dropout while fine-tuning: each arm reproducible on its own
+            if name != "pretrained":
+                say(f"arm '{name}' (repeat {rep + 1}/{cfg.repeats}): drawing {sizes.finetune_images} fine-tuning images, fine-tuning")
+                with torch.no_grad():
+                    batches, ft_info = draw_finetune_set(pipeline, draws[name], sizes.finetune_images, sizes.finetune_batch,
+                                                         cfg.finetune, seed=s + 100 + i)
+                stats = finetune_critic(critic, batches * sizes.finetune_epochs, cfg.finetune, source=source, seed=s)
+                ft_info.update(stats.as_dict())
+            runs.append({**evaluate_critic_on(critic, eval_batches, categories), "finetune": ft_info, "seed": s})
+            del critic
+        rows.append(summarise_repeats(name, runs, 0 if name == "pretrained" else sizes.finetune_images))
         timing[f"arm_{name}"] = time.time() - t
-        del critic
     timing["total"] = time.time() - started
     results = {
         "rows": rows,
         "categories": sorted({c for r in rows for c in r["categories"]}),
         "config": {"preset": cfg.preset, "sizes": asdict(sizes), "finetune": _jsonable(asdict(cfg.finetune)),
                    "train_clips": list(TRAIN_CLIPS), "eval_poses": [str(p) for p in eval_motion_paths(cfg)[0]],
-                   "device": str(cfg.device), "seed": cfg.seed, "arms": list(cfg.arms),
+                   "device": str(cfg.device), "seed": cfg.seed, "repeats": cfg.repeats, "arms": list(cfg.arms),
                    "relearn": relearned, "ours_prior_fraction": cfg.ours_prior_fraction,
                    "sampler": _jsonable(asdict(pipeline.config.sampler)),
                    "load_config": str(cfg.load_config) if cfg.load_config is not None else None},
         "timing_s": timing,
+        "comparison": comparison_lines(rows),
     }
     print_table(results)
     plot_path = out_dir / "experiment.png"
@@ -684,6 +697,55 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     json_path.write_text(jsonlib.dumps(results, indent=1, default=str))
     say(f"wrote {plot_path} and {json_path}; total {timing['total']:.0f} s")
     return results
+
+
+ROW_METRICS: tuple[str, ...] = ("mpjpe_mm", "pa_mpjpe_mm", "pck150", "auc")
+"""Metrics of a row (and of each of its repeats)."""
+
+
+def summarise_repeats(name: str, runs: list[dict[str, Any]], num_finetune_images: int) -> dict[str, Any]:
+    """One row of the comparison from the evaluations of its repeats (``evaluate_critic_on`` results
+    with ``finetune`` and ``seed``): every metric is the mean over repeats, ``<metric>_std`` the
+    sample standard deviation (0 with one repeat), categories averaged the same way; ``repeats``
+    keeps each repeat's overall metrics, seed and fine-tuning statistics."""
+    n = len(runs)
+
+    def mean_std(values: list[float]) -> tuple[float, float]:
+        m = sum(values) / n
+        return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+
+    row: dict[str, Any] = {"name": name}
+    for k in ROW_METRICS:
+        row[k], row[f"{k}_std"] = mean_std([r["overall"][k] for r in runs])
+    row["num_finetune_images"] = num_finetune_images
+    row["num_eval_images"] = runs[0]["overall"]["num_images"]
+    cats: dict[str, dict[str, float]] = {}
+    for c in runs[0]["categories"]:
+        cats[c] = {k: mean_std([r["categories"][c][k] for r in runs])[0] for k in runs[0]["categories"][c] if k != "num_images"}
+        cats[c]["num_images"] = runs[0]["categories"][c]["num_images"]
+    row["categories"] = cats
+    row["finetune"] = runs[0]["finetune"]
+    row["repeats"] = [{**{k: r["overall"][k] for k in ROW_METRICS}, "seed": r["seed"], "finetune": r["finetune"]} for r in runs]
+    return row
+
+
+def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Plain-text verdict of the comparison: ours' MPJPE against each other row, as a difference in mm
+    (with the standard error of the difference of means when rows have repeats) and relative to that row."""
+    by = {r["name"]: r for r in rows}
+    if "ours" not in by:
+        return []
+    o = by["ours"]
+    lines = []
+    for name in ARMS:
+        if name == "ours" or name not in by:
+            continue
+        r = by[name]
+        diff = o["mpjpe_mm"] - r["mpjpe_mm"]
+        se = math.sqrt(sum(x.get("mpjpe_mm_std", 0.0) ** 2 / max(len(x.get("repeats", [0])), 1) for x in (o, r)))
+        noise = f" (standard error {se:.1f} mm)" if se > 0 else " (one repeat each: no error estimate; use --repeats)"
+        lines.append(f"ours vs {name}: {diff:+.1f} mm MPJPE, {100 * diff / r['mpjpe_mm']:+.1f} %{noise}")
+    return lines
 
 
 def _jsonable(x: Any) -> Any:
@@ -704,11 +766,14 @@ def print_table(results: dict[str, Any]) -> None:
     for col in ("fine-tuned on", "images", "MPJPE mm", "PA-MPJPE mm", "PCK@150 %", "AUC") + tuple(f"{c} MPJPE" for c in cats):
         table.add_column(col, justify="left" if col == "fine-tuned on" else "right")
     for r in results["rows"]:
-        cells = [r["name"], str(r["num_finetune_images"]), f"{r['mpjpe_mm']:.1f}", f"{r['pa_mpjpe_mm']:.1f}",
-                 f"{100 * r['pck150']:.1f}", f"{r['auc']:.3f}"]
+        pm = (lambda k, f=1.0, d=1: f"{f * r[k]:.{d}f}" + (f" ± {f * r[k + '_std']:.{d}f}" if len(r.get("repeats", [])) > 1 else ""))
+        cells = [r["name"], str(r["num_finetune_images"]), pm("mpjpe_mm"), pm("pa_mpjpe_mm"), pm("pck150", 100.0), pm("auc", d=3)]
         cells += [f"{r['categories'][c]['mpjpe_mm']:.1f}" if c in r["categories"] else "-" for c in cats]
         table.add_row(*cells, style="bold" if r["name"] == "ours" else None)
-    Console(width=max(Console().width, 120)).print(table)
+    console = Console(width=max(Console().width, 120))
+    console.print(table)
+    for line in comparison_lines(results["rows"]):
+        console.print(line)
 
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
@@ -727,7 +792,8 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
         values = [r["categories"].get(g, {}).get("mpjpe_mm", math.nan) if g != "overall" else r["mpjpe_mm"] for g in groups]
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(groups))]
         label = f"{r['name']} (before)" if r["name"] == "pretrained" else f"{r['name']} (after, {r['num_finetune_images']} images)"
-        ax.bar(xs, values, width, label=label)
+        err = [0.0] * (len(groups) - 1) + [r.get("mpjpe_mm_std", 0.0)]
+        ax.bar(xs, values, width, yerr=err if any(err) else None, capsize=2, label=label)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("MPJPE (mm), lower is better")
     ax.set_title("critic error per motion category, before / after fine-tuning")

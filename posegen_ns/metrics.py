@@ -109,3 +109,28 @@ def auc(pred: Tensor, gt: Tensor, thresholds: Tensor | Sequence[float] | None = 
     err = joint_errors(pred, gt, root)  # (B, J)
     th = th.to(err)
     return (err[:, :, None] <= th).to(pred.dtype).mean(dim=(1, 2))
+
+
+def circular_spread(angles: Tensor) -> tuple[float, float]:
+    """Circular standard deviation and circular mean of angles (e.g. camera azimuths).
+
+    The ordinary standard deviation of angles depends on where the circle is cut: views clustered
+    behind a body (azimuth near +-pi) give the largest possible value although they are one view.
+    Circular statistics (Mardia & Jupp, *Directional Statistics*, 2.3) do not: with ``R`` the length
+    of the mean unit vector, the spread is ``sqrt(-2 ln R)`` and the mean its angle.
+
+    Args:
+        angles: ``(N,)`` radians.
+
+    Returns:
+        ``(std, mean)`` in radians: ``std`` is 0 for identical angles and grows without bound as they
+        spread evenly around the circle (about 1.9 for 32 uniform angles); ``mean`` lies in ``(-pi, pi]``.
+
+    Raises:
+        ValueError: ``angles`` is empty.
+    """
+    if angles.numel() == 0:
+        raise ValueError("circular_spread: no angles")
+    a = angles.detach().double().reshape(-1)
+    resultant = torch.complex(torch.cos(a).mean(), torch.sin(a).mean())
+    return float(torch.sqrt(-2.0 * torch.log(resultant.abs().clamp_min(1e-12)))), float(resultant.angle())

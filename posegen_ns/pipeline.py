@@ -42,7 +42,7 @@ from posegen_ns.datamanager import PoseGenDataManagerConfig
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.finetune import FinetuneConfig, FinetuneStats, batch_from_samples, finetune_losses, outlier_mask, select, source_count
 from posegen_ns.geometry import axis_angle_to_matrix, orbit_extrinsics, project_points
-from posegen_ns.metrics import mpjpe
+from posegen_ns.metrics import circular_spread, mpjpe
 from posegen_ns.model import PoseGenHumanModelConfig
 from posegen_ns.sampler import (
     CameraRanges,
@@ -85,6 +85,12 @@ class SamplerConfig:
     """Floor on the spread of each camera logit (sigmoid space; :class:`~posegen_ns.sampler.HardPoseGenerator`)."""
     max_camera_mean: float = 2.0
     """Bound on each camera logit's mean (sigmoid space; 2.0 keeps it within the middle 76 % of each range)."""
+    max_camera_std: float = 2.0
+    """Cap on the spread of each camera logit (sigmoid space): wider spreads pile samples onto the ranges' bounds."""
+    min_azimuth_std: float = 0.5
+    """Floor on the spread (radians) of the azimuth's wrapped normal (full-circle azimuth range)."""
+    max_azimuth_std: float = 2.0
+    """Cap on the spread (radians) of the azimuth's wrapped normal."""
     reference_momentum: float = 0.9
     """Momentum of the running critic error on prior samples (the hardness reference)."""
     prior_stride: int = 4
@@ -339,7 +345,8 @@ class PoseGenPipeline(VanillaPipeline):
         (``ns-posegen-experiment --relearn-steps`` re-learns the sampler with them)."""
         s = self.config.sampler
         gen = HardPoseGenerator(s.noise_dim, s.hidden, s.max_residual, self.ranges, min_camera_std=s.min_camera_std,
-                                max_camera_mean=s.max_camera_mean)
+                                max_camera_mean=s.max_camera_mean, max_camera_std=s.max_camera_std,
+                                min_azimuth_std=s.min_azimuth_std, max_azimuth_std=s.max_azimuth_std)
         return gen.to(device), PartDiscriminator().to(device)
 
     @property
@@ -572,7 +579,9 @@ class PoseGenPipeline(VanillaPipeline):
     @torch.no_grad()
     def diversity(self, sample: PoseCameraSample) -> Dict[str, float]:
         """Diversity of samples: mean pairwise per-joint distance (mm) of root-relative SMPL-24 joints
-        in the body frame (global orientation removed), and the spread (std) of each camera parameter."""
+        in the body frame (global orientation removed), and the spread (std) of each camera parameter;
+        the azimuth's spread is its circular standard deviation and ``camera_azimuth_mean`` its circular mean
+        (:func:`posegen_ns.metrics.circular_spread`; radians, 0 = in front of the body, +-pi = behind it)."""
         body = self.model.body
         B = sample.body_pose.shape[0]
         joints = body(sample.body_pose, torch.zeros(B, 3, device=sample.body_pose.device)).joints
@@ -581,6 +590,7 @@ class PoseGenPipeline(VanillaPipeline):
         out = {"pose_pairwise_mm": float(d.sum() / max(B * (B - 1), 1)) * 1000}
         for name, std in zip(self.ranges.names(), sample.camera.std(0).tolist()):
             out[f"camera_{name}_std"] = std
+        out["camera_azimuth_std"], out["camera_azimuth_mean"] = circular_spread(sample.camera[:, 0])
         return out
 
     # ------------------------------------------------------------------ evaluation and reports
@@ -679,8 +689,9 @@ class PoseGenPipeline(VanillaPipeline):
             "hardness_ratio": "hardness ratio (hard / prior)",
             "hard_pose_pairwise_mm": "pose diversity of hard samples (mean pairwise mm)",
             "prior_pose_pairwise_mm": "pose diversity of prior samples (mean pairwise mm)",
-            "hard_camera_azimuth_std": "azimuth spread of hard samples (std, rad)",
-            "prior_camera_azimuth_std": "azimuth spread of prior samples (std, rad)",
+            "hard_camera_azimuth_std": "azimuth spread of hard samples (circular std, rad)",
+            "prior_camera_azimuth_std": "azimuth spread of prior samples (circular std, rad)",
+            "hard_camera_azimuth_mean": "azimuth of hard samples (circular mean, rad; 0 front, +-3.14 back)",
         }
         for key, label in names.items():
             if key in self.report:

@@ -42,6 +42,9 @@ def trained_run(tmp_path_factory) -> Path:
     assert "field PSNR on held-out frames" in proc.stdout and "hardness ratio" in proc.stdout
     assert np.isfinite(report["heldout_psnr"]) and report["heldout_psnr"] > 5.0
     assert report["hardness_ratio"] == pytest.approx(report["mpjpe_hard_mm"] / report["mpjpe_prior_mm"], rel=1e-6)
+    # azimuth statistics are circular: a spread >= 0 and a mean angle on (-pi, pi]
+    for kind in ("hard", "prior"):
+        assert 0.0 <= report[f"{kind}_camera_azimuth_std"] < 10.0 and -np.pi <= report[f"{kind}_camera_azimuth_mean"] <= np.pi
     return configs[0]
 
 

@@ -118,7 +118,7 @@ def test_relearn_ours_with_sampler_overrides(results):
 
     cfg = ExperimentConfig(
         preset="tiny", output_dir=root / "relearn", load_config=config, eval_poses=root / "eval_poses", device="cpu",
-        arms=("pretrained", "ours"), relearn_steps=2, sampler=SamplerOverrides(max_residual=0.2), ours_prior_fraction=0.5,
+        arms=("pretrained", "ours"), relearn_steps=2, sampler=SamplerOverrides(max_residual=0.2), ours_prior_fraction=0.5, repeats=2,
         sampler_batch=2, finetune_images=2, finetune_batch=2, finetune_epochs=1, eval_max_frames=1, eval_cameras=2,
         eval_elevations=(0.0,), eval_resolution=32,
     )
@@ -126,6 +126,13 @@ def test_relearn_ours_with_sampler_overrides(results):
     assert [r["name"] for r in out["rows"]] == ["pretrained", "ours"]
     assert out["config"]["relearn"]["sampler"] == {"max_residual": 0.2} and out["config"]["sampler"]["max_residual"] == 0.2
     assert "released_gan" not in out["timing_s"] and "relearn_sampler" in out["timing_s"]
+    # --repeats 2: ours drawn and fine-tuned twice with different seeds, the row is their mean; pretrained once
+    pre, ours = out["rows"]
+    assert len(pre["repeats"]) == 1 and pre["mpjpe_mm_std"] == 0.0
+    assert [r["seed"] for r in ours["repeats"]] == [0, 10000] and ours["repeats"][0]["mpjpe_mm"] != ours["repeats"][1]["mpjpe_mm"]
+    a, b = (r["mpjpe_mm"] for r in ours["repeats"])
+    assert ours["mpjpe_mm"] == pytest.approx((a + b) / 2) and ours["mpjpe_mm_std"] == pytest.approx(abs(a - b) / math.sqrt(2))
+    assert out["comparison"][0].startswith("ours vs pretrained: ")
 
 
 def test_bad_options_are_refused():
@@ -141,6 +148,31 @@ def test_bad_options_are_refused():
         ExperimentConfig(ours_prior_fraction=1.0).sizes()
     with pytest.raises(PoseGenInputError, match="--relearn-steps"):
         ExperimentConfig(relearn_steps=0).sizes()
+    with pytest.raises(PoseGenInputError, match="--repeats"):
+        ExperimentConfig(repeats=0).sizes()
+
+
+def test_repeats_summary_and_comparison_by_hand():
+    """summarise_repeats: mean and sample std per metric and per category; comparison_lines: difference of
+    means with the standard error of that difference."""
+    from posegen_ns.experiment import comparison_lines, summarise_repeats
+
+    def run(mpjpe, seed):
+        m = {"mpjpe_mm": mpjpe, "pa_mpjpe_mm": mpjpe / 2, "pck150": 0.5, "auc": 0.25, "num_images": 8}
+        return {"overall": m, "categories": {"sports": dict(m)}, "finetune": {"steps": 3}, "seed": seed}
+
+    ours = summarise_repeats("ours", [run(190.0, 0), run(200.0, 1), run(210.0, 2)], 256)
+    assert ours["mpjpe_mm"] == pytest.approx(200.0) and ours["mpjpe_mm_std"] == pytest.approx(10.0)
+    assert ours["pa_mpjpe_mm"] == pytest.approx(100.0) and ours["pck150_std"] == 0.0
+    assert ours["categories"]["sports"]["mpjpe_mm"] == pytest.approx(200.0) and ours["categories"]["sports"]["num_images"] == 8
+    assert [r["seed"] for r in ours["repeats"]] == [0, 1, 2] and ours["num_finetune_images"] == 256
+    pre = summarise_repeats("pretrained", [run(250.0, 0)], 0)
+    prior = summarise_repeats("random-prior", [run(205.0, 0), run(195.0, 1), run(200.0, 2)], 256)
+    lines = comparison_lines([pre, prior, ours])
+    assert lines[0].startswith("ours vs pretrained: -50.0 mm MPJPE, -20.0 %")
+    se = math.sqrt(10.0**2 / 3 + 5.0**2 / 3)
+    assert lines[1] == f"ours vs random-prior: +0.0 mm MPJPE, +0.0 % (standard error {se:.1f} mm)"
+    assert comparison_lines([pre, prior]) == []
 
 
 def test_bad_sizes_are_refused():

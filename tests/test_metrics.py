@@ -96,3 +96,21 @@ def test_pck_and_auc_hand_case():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="must both be"):
         mpjpe(torch.zeros(2, 17, 3), torch.zeros(2, 14, 3))
+
+
+def test_circular_spread_by_hand():
+    """Two views at +-(pi - 0.1) are 0.2 rad apart around the back: circular mean pi, spread
+    sqrt(-2 ln cos 0.1); the plain std of the same numbers would be about 3.0. Evenly spread angles
+    have R = 0 (std capped by the 1e-12 floor, i.e. large); one angle has std 0."""
+    import math
+
+    from posegen_ns.metrics import circular_spread
+
+    std, mean = circular_spread(torch.tensor([math.pi - 0.1, -(math.pi - 0.1)]))
+    assert abs(abs(mean) - math.pi) < 1e-9 and std == pytest.approx(math.sqrt(-2 * math.log(math.cos(0.1))), rel=1e-6)
+    std, mean = circular_spread(torch.tensor([0.3, 0.3, 0.3]))
+    assert std == pytest.approx(0.0, abs=1e-6) and mean == pytest.approx(0.3)
+    std, _ = circular_spread(torch.linspace(-math.pi, math.pi, 9)[:-1])
+    assert std > 5.0  # R ~ 1e-8 from float32 rounding
+    with pytest.raises(ValueError, match="no angles"):
+        circular_spread(torch.zeros(0))

@@ -4,11 +4,20 @@ Like PoseAug (Gong et al., CVPR 2021) it augments real poses rather than generat
 alone: given a real mocap pose and noise it outputs a bounded per-joint rotation residual
 (``max_residual * tanh``, radians, axis-angle composed on the right of each joint's rotation) and a
 camera (azimuth about the body's facing direction, elevation, distance, roll, focal scale). The
-camera is a learned *distribution*: per-sample logits ``mu + (min_camera_std + softplus(s)) * n``
-with ``n`` the first five noise components and ``mu = max_camera_mean * tanh(m)`` bounded, squashed
-by a sigmoid into :class:`CameraRanges`. The bounded mean and the floor ``min_camera_std`` on the
-spread keep the camera distribution from collapsing onto one view, which a deterministic camera head
-(and an unbounded mean, saturating the sigmoid) did in practice. Everything is differentiable (reparameterised),
+camera is a learned *distribution*, reparameterised with ``n`` the first five noise components:
+
+- elevation, distance, roll, focal scale: per-sample logits ``mu + sigma * n`` with a bounded mean
+  ``mu = max_camera_mean * tanh(m)`` and a spread ``sigma`` between ``min_camera_std`` and
+  ``max_camera_std`` (``min + (max - min) * sigmoid(s)``), squashed by a sigmoid into :class:`CameraRanges`;
+- azimuth, when its range is the full circle (the default): a wrapped normal on the circle,
+  ``wrap(mu + sigma * n)`` with an unbounded mean angle ``mu`` (radians) and ``sigma`` between
+  ``min_azimuth_std`` and ``max_azimuth_std`` radians. A sigmoid over ``[-pi, pi]`` cannot centre a
+  distribution on the back view (azimuth ``pi`` is its bound): hard back views then came out as two
+  clusters pinned at ``-pi`` and ``+pi``. A partial azimuth range uses the sigmoid like the others.
+
+The floors keep the camera distribution from collapsing onto one view (which a deterministic camera head
+did in practice) and the caps keep it from spreading onto the bounds of the ranges (a sigmoid of a
+wide normal puts most samples at the two ends). Everything is differentiable (reparameterised),
 so the critic's error on the rendered image back-propagates into the generator through the renderer.
 """
 
@@ -67,24 +76,41 @@ class HardPoseGenerator(nn.Module):
         ranges: camera ranges.
         min_camera_std: floor on the spread of each camera logit (sigmoid space: 1.0 spans about
             the middle half of each range).
+        max_camera_std: cap on that spread (sigmoid space; must exceed ``min_camera_std``).
         max_camera_mean: bound on each camera logit's mean (2.0: the mean stays within the
             middle 76 % of each range, so the sigmoid never saturates the spread away).
+        min_azimuth_std, max_azimuth_std: floor and cap on the spread of the wrapped-normal azimuth,
+            radians (full-circle azimuth range only).
+
+    Raises:
+        ValueError: ``noise_dim < 5`` or a cap not above its floor.
     """
 
     def __init__(
         self, noise_dim: int = 32, hidden: int = 256, max_residual: float = 0.6, ranges: CameraRanges | None = None,
         min_camera_std: float = 1.0,
         max_camera_mean: float = 2.0,
+        max_camera_std: float = 2.0,
+        min_azimuth_std: float = 0.5,
+        max_azimuth_std: float = 2.0,
     ):
         super().__init__()
         if noise_dim < 5:
             raise ValueError("noise_dim must be at least 5 (the camera draws on the first five components)")
-        self.min_camera_std = min_camera_std
+        if not (0.0 <= min_camera_std < max_camera_std and 0.0 <= min_azimuth_std < max_azimuth_std):
+            raise ValueError(
+                f"camera spread: need 0 <= min_camera_std < max_camera_std (got {min_camera_std}, {max_camera_std}) and "
+                f"0 <= min_azimuth_std < max_azimuth_std (got {min_azimuth_std}, {max_azimuth_std})"
+            )
+        self.min_camera_std, self.max_camera_std = min_camera_std, max_camera_std
+        self.min_azimuth_std, self.max_azimuth_std = min_azimuth_std, max_azimuth_std
         self.max_camera_mean = max_camera_mean
         self.noise_dim = noise_dim
         self.max_residual = max_residual
         self.ranges = ranges or CameraRanges()
         self.register_buffer("bounds", self.ranges.bounds())
+        az = self.ranges.azimuth
+        self.wrapped_azimuth = (az[1] - az[0]) >= 2 * math.pi - 1e-6
         in_dim = 24 * 6 + noise_dim
         self.net = nn.Sequential(
             nn.Linear(in_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden), nn.LeakyReLU(0.2)
@@ -108,7 +134,11 @@ class HardPoseGenerator(nn.Module):
         new = matrix_to_axis_angle(new_rot).reshape(B, 72)
         lo, hi = self.bounds[:, 0], self.bounds[:, 1]
         mu, spread = self.camera_head(h).chunk(2, dim=-1)
-        mu = self.max_camera_mean * torch.tanh(mu)
-        logits = mu + (self.min_camera_std + nn.functional.softplus(spread)) * noise[:, :5]
-        camera = lo + (hi - lo) * torch.sigmoid(logits)
+        sigma = self.min_camera_std + (self.max_camera_std - self.min_camera_std) * torch.sigmoid(spread)
+        camera = lo + (hi - lo) * torch.sigmoid(self.max_camera_mean * torch.tanh(mu) + sigma * noise[:, :5])
+        if self.wrapped_azimuth:
+            az_sigma = self.min_azimuth_std + (self.max_azimuth_std - self.min_azimuth_std) * torch.sigmoid(spread[:, :1])
+            angle = mu[:, :1] + az_sigma * noise[:, :1]
+            azimuth = torch.remainder(angle - lo[0], 2 * math.pi) + lo[0]  # wrapped into [lo, lo + 2 pi)
+            camera = torch.cat([azimuth, camera[:, 1:]], -1)
         return PoseCameraSample(body_pose=new[:, 3:], global_orient=new[:, :3], camera=camera, residual=residual)
