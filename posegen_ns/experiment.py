@@ -730,8 +730,8 @@ def summarise_repeats(name: str, runs: list[dict[str, Any]], num_finetune_images
 
 
 def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """Plain-text verdict of the comparison: ours' MPJPE against each other row, as a difference in mm
-    (with the standard error of the difference of means when rows have repeats) and relative to that row."""
+    """Plain-text verdict of the comparison: ours' MPJPE and PA-MPJPE against each other row, as differences
+    in mm (with the standard error of the difference of means when rows have repeats) and relative to that row."""
     by = {r["name"]: r for r in rows}
     if "ours" not in by:
         return []
@@ -741,10 +741,14 @@ def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
         if name == "ours" or name not in by:
             continue
         r = by[name]
-        diff = o["mpjpe_mm"] - r["mpjpe_mm"]
-        se = math.sqrt(sum(x.get("mpjpe_mm_std", 0.0) ** 2 / max(len(x.get("repeats", [0])), 1) for x in (o, r)))
-        noise = f" (standard error {se:.1f} mm)" if se > 0 else " (one repeat each: no error estimate; use --repeats)"
-        lines.append(f"ours vs {name}: {diff:+.1f} mm MPJPE, {100 * diff / r['mpjpe_mm']:+.1f} %{noise}")
+        parts = []
+        for key, label in (("mpjpe_mm", "MPJPE"), ("pa_mpjpe_mm", "PA-MPJPE")):
+            diff = o[key] - r[key]
+            se = math.sqrt(sum(x.get(f"{key}_std", 0.0) ** 2 / max(len(x.get("repeats", [0])), 1) for x in (o, r)))
+            noise = f" ± {se:.1f}" if se > 0 else ""
+            parts.append(f"{diff:+.1f}{noise} mm {label} ({100 * diff / r[key]:+.1f} %)")
+        tail = " (± one standard error)" if "±" in parts[0] else " (one repeat each: no error estimate; use --repeats)"
+        lines.append(f"ours vs {name}: " + ", ".join(parts) + tail)
     return lines
 
 

@@ -169,9 +169,12 @@ def test_repeats_summary_and_comparison_by_hand():
     pre = summarise_repeats("pretrained", [run(250.0, 0)], 0)
     prior = summarise_repeats("random-prior", [run(205.0, 0), run(195.0, 1), run(200.0, 2)], 256)
     lines = comparison_lines([pre, prior, ours])
-    assert lines[0].startswith("ours vs pretrained: -50.0 mm MPJPE, -20.0 %")
+    se = math.sqrt(10.0**2 / 3)  # pretrained has no spread
+    assert lines[0] == f"ours vs pretrained: -50.0 ± {se:.1f} mm MPJPE (-20.0 %), -25.0 ± {se / 2:.1f} mm PA-MPJPE (-20.0 %) (± one standard error)"
     se = math.sqrt(10.0**2 / 3 + 5.0**2 / 3)
-    assert lines[1] == f"ours vs random-prior: +0.0 mm MPJPE, +0.0 % (standard error {se:.1f} mm)"
+    assert lines[1] == f"ours vs random-prior: +0.0 ± {se:.1f} mm MPJPE (+0.0 %), +0.0 ± {se / 2:.1f} mm PA-MPJPE (+0.0 %) (± one standard error)"
+    one = summarise_repeats("ours", [run(190.0, 0)], 256)
+    assert comparison_lines([pre, one])[0].endswith("(one repeat each: no error estimate; use --repeats)")
     assert comparison_lines([pre, prior]) == []
 
 
