@@ -465,6 +465,28 @@ class PoseGenPipeline(VanillaPipeline):
             return self._finetune_step()
         return self._loop_step()
 
+    def load_pipeline(self, loaded_state: Dict[str, Any], step: int) -> None:
+        """nerfstudio's checkpoint loading (``--load-dir``, ``--load-config``), after checking that the
+        checkpoint and this configuration agree on the field's optional parts. nerfstudio loads a model
+        non-strictly, so a part present on one side only would load silently and then stop the run in
+        torch's optimizer loading with a bare "parameter group" size error.
+
+        Raises:
+            PoseGenInputError: the checkpoint has no pose-dependent residual (written before it existed,
+                or with ``--pipeline.model.pose-residual False``) while this run has one, or the reverse;
+                the message names the option that makes them agree.
+        """
+        has = any(k.replace("module.", "").startswith("_model.field.pose_residual.") for k in loaded_state)
+        wants = self.model.field.pose_residual is not None
+        if has != wants:
+            flag = "False" if wants else "True"
+            raise PoseGenInputError(
+                f"checkpoint at step {step} was written {'without' if wants else 'with'} the field's pose-dependent residual "
+                f"(pose_residual) but this run is configured {'with' if wants else 'without'} it: add "
+                f"--pipeline.model.pose-residual {flag} to load it."
+            )
+        super().load_pipeline(loaded_state, step)
+
     def source_sampler(self):
         """The critic's source set (:func:`posegen_ns.data.source_poses.make_source_sampler`, split
         ``"train"`` at ``1.5 x`` the critic's input size, ``source_images`` renders: the default

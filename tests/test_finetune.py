@@ -182,3 +182,19 @@ def test_two_rounds_change_the_critic_and_the_checkpoint_restores_it(two_round_r
     for k in after:
         torch.testing.assert_close(resumed.pipeline.critic.state_dict()[k], after[k], rtol=0, atol=0)
     assert resumed.optimizers.optimizers["critic"].state_dict()["state"]  # Adam moments restored
+    # a checkpoint and a configuration that disagree on the pose-dependent residual stop with the option to pass
+    from posegen_ns.errors import PoseGenInputError
+
+    ckpt = torch.load(sorted((run_dir / "nerfstudio_models").glob("*.ckpt"))[-1], map_location="cpu", weights_only=False)
+    state = ckpt["pipeline"]
+    without = {k: v for k, v in state.items() if not k.startswith("_model.field.pose_residual.")}
+    assert len(without) < len(state)
+    with pytest.raises(PoseGenInputError, match="pose-residual False"):
+        resumed.pipeline.load_pipeline(without, ckpt["step"])
+    field = resumed.pipeline.model.field
+    kept, field.pose_residual = field.pose_residual, None
+    try:
+        with pytest.raises(PoseGenInputError, match="pose-residual True"):
+            resumed.pipeline.load_pipeline(state, ckpt["step"])
+    finally:
+        field.pose_residual = kept
