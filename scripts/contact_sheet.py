@@ -11,7 +11,7 @@ prediction (its root-relative joints placed at the ground-truth root and project
 
 It then prints :meth:`posegen_ns.pipeline.PoseGenPipeline.diversity` for ``--num-diversity`` hard and
 as many prior samples (real mocap poses, uniform cameras): the mean pairwise joint distance (mm) of
-root-relative poses in the body frame and the spread (std) of each camera parameter; a hard
+root-relative poses in the body frame and the spread (std) of each camera parameter (azimuth: circular std and mean); a hard
 distribution that collapsed shows much smaller numbers than the prior.
 """
 
