@@ -200,6 +200,12 @@ class ExperimentConfig:
     sampler steps against the frozen pre-trained critic, with the ``--sampler.*`` overrides (default: keep the run's sampler)."""
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)
     """Sampler settings for ``--relearn-steps`` (unset: the run's)."""
+    ours_rounds: int = 1
+    """Split ours' fine-tuning images into this many rounds (PoseGen's alternation, as ``--pipeline.rounds`` does
+    in ns-train): before each round after the first, the sampler learns ``--round-steps`` more steps against the
+    critic as fine-tuned so far (:func:`finetune_ours_in_rounds`). 1 = one draw from the sampler as trained."""
+    round_steps: int = 150
+    """Sampler steps before each of ours' rounds after the first."""
     repeats: int = 1
     """Draw and fine-tune each arm this many times with different seeds (sample draws, fine-tuning order,
     dropout); rows report the mean and the standard deviation. The field, the sampler and the released GAN
@@ -263,6 +269,10 @@ class ExperimentConfig:
         self.validate()
         return sizes
 
+    def sizes_finetune_images(self) -> int:
+        """Fine-tuning images per arm: ``--finetune-images`` or the preset's."""
+        return self.finetune_images if self.finetune_images is not None else PRESETS[self.preset].finetune_images
+
     def validate(self) -> None:
         """Checks of the options that are not sizes.
 
@@ -273,6 +283,15 @@ class ExperimentConfig:
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown or not self.arms:
             raise PoseGenInputError(f"ns-posegen-experiment: --arms {' '.join(self.arms)}: each must be one of {', '.join(ARMS)}.")
+        if self.ours_rounds < 1 or self.round_steps < 1:
+            raise PoseGenInputError(
+                f"ns-posegen-experiment: --ours-rounds and --round-steps must be >= 1 (got {self.ours_rounds}, {self.round_steps})."
+            )
+        if self.ours_rounds > self.sizes_finetune_images():
+            raise PoseGenInputError(
+                f"ns-posegen-experiment: --ours-rounds {self.ours_rounds} is more than the {self.sizes_finetune_images()} "
+                "fine-tuning images: every round needs at least one."
+            )
         if self.repeats < 1:
             raise PoseGenInputError(f"ns-posegen-experiment: --repeats must be >= 1 (got {self.repeats}).")
         if self.relearn_steps is not None and self.relearn_steps < 1:
@@ -470,8 +489,17 @@ def relearn_sampler(pipeline: Any, steps: int, overrides: Optional[SamplerOverri
     pipeline.config.sampler = overrides.apply(pipeline.config.sampler)
     torch.manual_seed(seed)
     pipeline.generator, pipeline.discriminator = pipeline.make_sampler_networks(dev)
-    pipeline.reference_error.fill_(float("nan"))
     pipeline.noise = torch.Generator().manual_seed(seed)
+    sampler_steps(pipeline, steps, lr)
+    return {"steps": steps, "sampler": overrides.given(), "report": pipeline.hardness_report()}
+
+
+def sampler_steps(pipeline: Any, steps: int, lr: float = 1e-3) -> None:
+    """Run ``steps`` phase-2 steps of our sampler (:meth:`~posegen_ns.pipeline.PoseGenPipeline._loop_step`)
+    against ``pipeline.critic`` (frozen, eval mode), continuing from the current generator and discriminator
+    with a fresh Adam at ``lr``; the hardness reference (the critic's running error on prior samples) restarts
+    from this critic. Every parameter is left frozen."""
+    pipeline.reference_error.fill_(float("nan"))
     for p in pipeline.parameters():
         p.requires_grad_(False)
     for net in (pipeline.generator, pipeline.discriminator):
@@ -489,7 +517,50 @@ def relearn_sampler(pipeline: Any, steps: int, overrides: Optional[SamplerOverri
         pipeline.eval()
         for p in pipeline.parameters():
             p.requires_grad_(False)
-    return {"steps": steps, "sampler": overrides.given(), "report": pipeline.hardness_report()}
+
+
+def finetune_ours_in_rounds(pipeline: Any, critic: Any, draw: Any, sizes: "ExperimentSizes", cfg: "ExperimentConfig",
+                            seed: int, arm_index: int, say: Any = None) -> dict[str, Any]:
+    """Ours with PoseGen's alternation, inside the experiment's image budget: ``sizes.finetune_images`` are split
+    into ``cfg.ours_rounds`` equal parts; part 1 is drawn from the sampler as it is, each later part after
+    ``cfg.round_steps`` more sampler steps (:func:`sampler_steps`) against ``critic`` as fine-tuned so far, and
+    ``critic`` is fine-tuned on each part in turn (``sizes.finetune_epochs`` passes). The pipeline's sampler and
+    critic are restored afterwards, so repeats start from the same place.
+
+    Returns:
+        fine-tuning information: totals (``steps``, ``kept``, ``dropped``, ``source_images``, ``drawn``) and
+        ``rounds``: per round its images, the hardness report of the sampler against that round's critic (from
+        round 2), and its drawing and fine-tuning statistics.
+    """
+    saved = {k: copy.deepcopy(getattr(pipeline, k).state_dict()) for k in ("generator", "discriminator")}
+    pretrained, noise = pipeline.critic, pipeline.noise
+    parts = [sizes.finetune_images // cfg.ours_rounds] * cfg.ours_rounds
+    parts[-1] += sizes.finetune_images - sum(parts)
+    rounds: list[dict[str, Any]] = []
+    try:
+        for r, n in enumerate(parts):
+            row: dict[str, Any] = {"round": r + 1, "images": n}
+            if r > 0:
+                critic.eval_mode()
+                pipeline.critic = critic
+                pipeline.noise = torch.Generator().manual_seed(seed + 31 * r)
+                sampler_steps(pipeline, cfg.round_steps)
+                row["report"] = {k: v for k, v in pipeline.hardness_report().items() if k.startswith(("mpjpe", "hardness"))}
+                if say is not None:
+                    say(f"  round {r + 1}: sampler against the fine-tuned critic, hardness ratio {row['report']['hardness_ratio']:.2f}")
+            with torch.no_grad():
+                batches, info = draw_finetune_set(pipeline, draw, n, sizes.finetune_batch, cfg.finetune,
+                                                  seed=seed + 100 + arm_index + 7 * r)
+            pipeline.critic = pretrained
+            stats = finetune_critic(critic, batches * sizes.finetune_epochs, cfg.finetune, source=pipeline.source_sampler(),
+                                    seed=seed + r)
+            rounds.append(row | {"draw": info, "finetune": stats.as_dict()})
+    finally:
+        pipeline.critic, pipeline.noise = pretrained, noise
+        for k, state in saved.items():
+            getattr(pipeline, k).load_state_dict(state)
+    totals = {k: sum(r["finetune"][k] for r in rounds) for k in ("steps", "kept", "dropped", "source_images")}
+    return {**totals, "drawn": sum(r["draw"]["drawn"] for r in rounds), "rounds": rounds}
 
 
 def mixed_draw(pipeline: Any, prior_fraction: float):
@@ -665,7 +736,11 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             critic = copy.deepcopy(pretrained)
             ft_info: dict[str, Any] = {}
             torch.manual_seed(s + 1000 + i)  # dropout while fine-tuning: each arm reproducible on its own
-            if name != "pretrained":
+            if name == "ours" and cfg.ours_rounds > 1:
+                say(f"arm 'ours' (repeat {rep + 1}/{cfg.repeats}): {cfg.ours_rounds} rounds of sampling and fine-tuning, "
+                    f"{sizes.finetune_images} images in all")
+                ft_info = finetune_ours_in_rounds(pipeline, critic, draws[name], sizes, cfg, s, i, say)
+            elif name != "pretrained":
                 say(f"arm '{name}' (repeat {rep + 1}/{cfg.repeats}): drawing {sizes.finetune_images} fine-tuning images, fine-tuning")
                 with torch.no_grad():
                     batches, ft_info = draw_finetune_set(pipeline, draws[name], sizes.finetune_images, sizes.finetune_batch,
@@ -682,7 +757,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         "categories": sorted({c for r in rows for c in r["categories"]}),
         "config": {"preset": cfg.preset, "sizes": asdict(sizes), "finetune": _jsonable(asdict(cfg.finetune)),
                    "train_clips": list(TRAIN_CLIPS), "eval_poses": [str(p) for p in eval_motion_paths(cfg)[0]],
-                   "device": str(cfg.device), "seed": cfg.seed, "repeats": cfg.repeats, "arms": list(cfg.arms),
+                   "device": str(cfg.device), "seed": cfg.seed, "repeats": cfg.repeats, "ours_rounds": cfg.ours_rounds,
+                   "round_steps": cfg.round_steps if cfg.ours_rounds > 1 else None, "arms": list(cfg.arms),
                    "relearn": relearned, "ours_prior_fraction": cfg.ours_prior_fraction,
                    "sampler": _jsonable(asdict(pipeline.config.sampler)),
                    "load_config": str(cfg.load_config) if cfg.load_config is not None else None},

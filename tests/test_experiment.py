@@ -152,6 +152,45 @@ def test_bad_options_are_refused():
         ExperimentConfig(repeats=0).sizes()
 
 
+def test_ours_in_rounds(results, monkeypatch):
+    """--ours-rounds 2: ours' images come in two halves, the sampler learns against the critic fine-tuned on the
+    first half before the second is drawn; the pipeline's sampler and critic are restored for the next repeat."""
+    import posegen_ns.experiment as exp
+
+    root, _ = results
+    config = next((root / "run" / "ns-train").rglob("config.yml"))
+    loaded = {}
+    original = exp.load_trained_pipeline
+
+    def load(path):
+        p = original(path)
+        loaded["pipeline"], loaded["critic"] = p, p.critic
+        loaded["generator"] = {k: v.clone() for k, v in p.generator.state_dict().items()}
+        return p
+
+    monkeypatch.setattr(exp, "load_trained_pipeline", load)
+    cfg = ExperimentConfig(
+        preset="tiny", output_dir=root / "rounds", load_config=config, eval_poses=root / "eval_poses", device="cpu",
+        arms=("ours",), ours_rounds=2, round_steps=1, repeats=2, sampler_batch=2, finetune_images=4, finetune_batch=2,
+        finetune_epochs=1, eval_max_frames=1, eval_cameras=2, eval_elevations=(0.0,), eval_resolution=32,
+    )
+    out = run_experiment(cfg)
+    (ours,) = out["rows"]
+    assert out["config"]["ours_rounds"] == 2 and out["config"]["round_steps"] == 1
+    for rep in ours["repeats"]:
+        ft = rep["finetune"]
+        assert [r["images"] for r in ft["rounds"]] == [2, 2] and ft["steps"] == 2 and ft["kept"] >= 4
+        assert "report" not in ft["rounds"][0] and 0.0 < ft["rounds"][1]["report"]["hardness_ratio"] < 100.0
+    p = loaded["pipeline"]
+    assert p.critic is loaded["critic"]  # the pre-trained critic is back
+    for k, v in p.generator.state_dict().items():  # and so is the sampler as loaded
+        torch.testing.assert_close(v, loaded["generator"][k], rtol=0, atol=0)
+    with pytest.raises(PoseGenInputError, match="--ours-rounds"):
+        ExperimentConfig(ours_rounds=5, finetune_images=4).sizes()
+    with pytest.raises(PoseGenInputError, match="--round-steps"):
+        ExperimentConfig(ours_rounds=2, round_steps=0).sizes()
+
+
 def test_repeats_summary_and_comparison_by_hand():
     """summarise_repeats: mean and sample std per metric and per category; comparison_lines: difference of
     means with the standard error of that difference."""
