@@ -10,11 +10,13 @@ person-sized volume, and :func:`posegen_ns.render.render_mesh` at 128^2 / 256^2 
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
+import tyro
 
 from posegen_ns.field.rasterize import rasterize_gaussians
 from posegen_ns.geometry import intrinsics_from_fov, orbit_extrinsics
@@ -130,13 +132,20 @@ def bench_mesh(repeats: int, mesh: str) -> None:
         print(f"{size:>5}²  {ms:8.1f} ms per image  (coverage {cover:.2f})")
 
 
+@dataclass
+class BenchConfig:
+    """Benchmark the CPU rasterisers (module docstring)."""
+
+    threads: int = 2
+    """Torch CPU threads."""
+    repeats: int = 5
+    """Timed runs per case (the best is reported)."""
+    mesh: Literal["auto", "open", "sphere"] = "auto"
+    """Mesh for the z-buffer benchmark; auto = the open body if already cached, else a sphere."""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (best is reported)")
-    parser.add_argument("--mesh", choices=("auto", "open", "sphere"), default="auto",
-                        help="mesh for the z-buffer benchmark; auto = the open body if already cached, else a sphere")
-    args = parser.parse_args()
+    args = tyro.cli(BenchConfig, description=__doc__.splitlines()[0])
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     bench_gaussians(args.repeats)

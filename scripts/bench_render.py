@@ -25,14 +25,14 @@ at a resolution once a call takes more than ``--max-call-seconds`` or ``--budget
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional
 
 # Passive OpenMP waiting (unless set): on a shared, busy CPU, spinning worker threads made the torch
 # rasteriser ~80x slower with 2 threads (measured). OpenMP reads it when torch loads, which the
@@ -43,6 +43,7 @@ if "OMP_WAIT_POLICY" not in os.environ and __name__ == "__main__":
     os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import torch  # noqa: E402
+import tyro  # noqa: E402
 
 from posegen_ns.geometry import orbit_extrinsics, project_points  # noqa: E402
 
@@ -66,7 +67,7 @@ class Scene:
         self.description = description
 
 
-def build_scene(args: argparse.Namespace, device: torch.device) -> Scene:
+def build_scene(args: BenchConfig, device: torch.device) -> Scene:
     """The field, pose bank and render function (see the module docstring)."""
     if args.load_config:
         from nerfstudio.utils.eval_utils import eval_setup
@@ -120,7 +121,7 @@ def labelled_batch(scene: Scene, batch: int, size: int, gen: torch.Generator, de
     return out.rgb, out.alpha, j2d, h2d
 
 
-def measure(scene: Scene, size: int, batch: int, args: argparse.Namespace, device: torch.device) -> tuple[float, float | None, float]:
+def measure(scene: Scene, size: int, batch: int, args: BenchConfig, device: torch.device) -> tuple[float, float | None, float]:
     """``(images per second, peak MB or None, seconds per call)`` for one (resolution, batch)."""
     gen = torch.Generator().manual_seed(0)
     cuda = device.type == "cuda"
@@ -142,27 +143,42 @@ def measure(scene: Scene, size: int, batch: int, args: argparse.Namespace, devic
     return calls * batch / elapsed, peak, elapsed / calls
 
 
+@dataclass
+class BenchConfig:
+    """Labelled images per second of the field's renderer (module docstring)."""
+
+    device: Literal["cpu", "cuda"] = "cuda" if torch.cuda.is_available() else "cpu"
+    """Torch device."""
+    json: Optional[Path] = None
+    """Write the results here."""
+    load_config: Optional[Path] = None
+    """A trained run's config.yml: benchmark its field."""
+    body: str = "open"
+    """Body of the untrained field: open, tiny or an SMPL file."""
+    num_gaussians: Optional[int] = None
+    """Gaussians of the untrained field (default: the posegen-human model's num_gaussians)."""
+    pose_stride: int = 4
+    """Frame stride of the mocap pose bank."""
+    resolutions: Optional[tuple[int, ...]] = None
+    """Image sizes (square; default 64 128 256 512 on CPU, 256 512 on CUDA)."""
+    max_batch: int = 256
+    """Largest batch size (batches double from 1)."""
+    repeats: int = 5
+    """At most this many timed calls per case."""
+    min_seconds: float = 1.0
+    """Stop timing a case after this long."""
+    max_call_seconds: Optional[float] = None
+    """No larger batch at a resolution once a call takes longer (default: 3 on CPU, 30 on CUDA)."""
+    budget_seconds: Optional[float] = None
+    """Total time budget; remaining cases are skipped (default: 300 on CPU, 1800 on CUDA)."""
+    threads: Optional[int] = None
+    """Torch CPU threads."""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--load-config", default=None, help="a trained run's config.yml: benchmark its field")
-    parser.add_argument("--body", default="open", help="body of the untrained field: open, tiny or an SMPL file")
-    parser.add_argument("--num-gaussians", type=int, default=None,
-                        help="Gaussians of the untrained field (default: the posegen-human model's num_gaussians)")
-    parser.add_argument("--pose-stride", type=int, default=4, help="frame stride of the mocap pose bank")
-    parser.add_argument("--resolutions", type=int, nargs="+", default=None, help="image sizes (square)")
-    parser.add_argument("--max-batch", type=int, default=256, help="largest batch size (batches double from 1)")
-    parser.add_argument("--repeats", type=int, default=5, help="at most this many timed calls per case")
-    parser.add_argument("--min-seconds", type=float, default=1.0, help="stop timing a case after this long")
-    parser.add_argument("--max-call-seconds", type=float, default=None,
-                        help="no larger batch at a resolution once a call takes longer (default: 3 on CPU, 30 on CUDA)")
-    parser.add_argument("--budget-seconds", type=float, default=None,
-                        help="total time budget; remaining cases are skipped (default: 300 on CPU, 1800 on CUDA)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args()
+    args = tyro.cli(BenchConfig, description=__doc__.splitlines()[0])
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA device")
+        raise SystemExit("bench_render.py --device cuda: torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.num_gaussians is None:
