@@ -96,6 +96,13 @@ def make_draws(p: Any) -> dict[str, Draw]:
     return sets
 
 
+def check_sets(sets: tuple[str, ...], draws: dict[str, Draw]) -> None:
+    """Raises ``SystemExit`` naming the unknown entries of ``--sets`` and the known ones."""
+    unknown = [s for s in sets if s != "pretrained" and s not in draws]
+    if unknown:
+        raise SystemExit(f"finetune_ablation.py --sets: unknown {unknown}; choose from pretrained, {', '.join(draws)}")
+
+
 def main(cfg: AblationConfig) -> dict[str, dict[str, float]]:
     ecfg = E.ExperimentConfig(preset="full", load_config=cfg.load_config, finetune_images=cfg.finetune_images,
                               finetune_batch=cfg.finetune_batch, finetune_epochs=cfg.finetune_epochs,
@@ -103,9 +110,7 @@ def main(cfg: AblationConfig) -> dict[str, dict[str, float]]:
     sizes = ecfg.sizes()
     p = E.load_trained_pipeline(cfg.load_config)
     draws = make_draws(p)
-    unknown = [s for s in cfg.sets if s != "pretrained" and s not in draws]
-    if unknown:
-        raise SystemExit(f"finetune_ablation.py --sets: unknown {unknown}; choose from pretrained, {', '.join(draws)}")
+    check_sets(cfg.sets, draws)
     eval_batches, categories = E.build_eval_set(p, ecfg, sizes)
     results: dict[str, dict[str, float]] = {}
     for name in cfg.sets:

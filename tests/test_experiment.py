@@ -191,42 +191,6 @@ def test_ours_in_rounds(results, monkeypatch):
         ExperimentConfig(ours_rounds=2, round_steps=0).sizes()
 
 
-def test_finetune_ablation_sets(results, monkeypatch):
-    """scripts/finetune_ablation.py: each set draws what its name says (ours' poses with uniform cameras, prior
-    poses with ours' cameras, the hardest third of three draws, half-and-half mixes)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    import posegen_ns.experiment as exp
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "finetune_ablation.py"
-    spec = importlib.util.spec_from_file_location("finetune_ablation", path)
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "finetune_ablation", mod)  # dataclasses resolve annotations through it
-    spec.loader.exec_module(mod)
-    root, _ = results
-    p = exp.load_trained_pipeline(next((root / "run" / "ns-train").rglob("config.yml")))
-    draws = mod.make_draws(p)
-    assert {"random-prior", "ours", "hardcam", "hardpose-unicam", "mined-prior", "ours-mix", "hardcam-mix"} <= set(draws)
-    bank = p.prior_body_pose
-    lo, hi = p.ranges.bounds()[:, 0], p.ranges.bounds()[:, 1]
-
-    def in_bank(pose):
-        return [bool(((bank - x).abs().amax(-1) < 1e-6).any()) for x in pose]
-
-    with torch.no_grad():
-        g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-        ours, hardcam, unicam = draws["ours"](4, g()), draws["hardcam"](4, g()), draws["hardpose-unicam"](4, g())
-        torch.testing.assert_close(hardcam.camera, ours.camera)  # same noise: the sampler's cameras ...
-        assert all(in_bank(hardcam.body_pose))  # ... on prior poses
-        torch.testing.assert_close(unicam.body_pose, ours.body_pose)  # the sampler's poses ...
-        assert not torch.allclose(unicam.camera, ours.camera) and bool(((unicam.camera >= lo) & (unicam.camera <= hi)).all())
-        assert in_bank(draws["hardcam-mix"](4, g()).body_pose) == [True] * 4
-        mined = draws["mined-prior"](2, g())
-        assert mined.body_pose.shape == (2, 69) and all(in_bank(mined.body_pose))
-
-
 def test_repeats_summary_and_comparison_by_hand():
     """summarise_repeats: mean and sample std per metric and per category; comparison_lines: difference of
     means with the standard error of that difference."""
