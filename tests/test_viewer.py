@@ -282,6 +282,14 @@ def test_viewer_panel_over_websocket(pipeline, tmp_path):
             assert manifest["num_samples"] == 2 and manifest["kind"] == "hard" and manifest["seed"] == batch.seed
     finally:
         viewer.viser_server.stop()
+        # stop and join the viewer's render threads (daemons): one still inside a torch op when the interpreter
+        # exits aborts the whole pytest run ("terminate called without an active exception", exit 134)
+        from nerfstudio.viewer.render_state_machine import RenderStateMachine
+
+        for thread in [t for t in threading.enumerate() if isinstance(t, RenderStateMachine)]:
+            thread.running = False
+            thread.join(timeout=60)
+            assert not thread.is_alive(), "a viewer render thread did not stop"
         for element in vars(browser).values():  # detach the panel from the stopped server
             if isinstance(element, ViewerElement):
                 element.gui_handle = None
