@@ -267,11 +267,12 @@ class ExperimentConfig:
             if getattr(sizes, name) < 1:
                 raise PoseGenInputError(f"ns-posegen-experiment: --{name.replace('_', '-')} must be >= 1 (got {getattr(sizes, name)}).")
         self.validate()
+        if self.ours_rounds > sizes.finetune_images:
+            raise PoseGenInputError(
+                f"ns-posegen-experiment: --ours-rounds {self.ours_rounds} is more than the {sizes.finetune_images} "
+                "fine-tuning images: every round needs at least one."
+            )
         return sizes
-
-    def sizes_finetune_images(self) -> int:
-        """Fine-tuning images per arm: ``--finetune-images`` or the preset's."""
-        return self.finetune_images if self.finetune_images is not None else PRESETS[self.preset].finetune_images
 
     def validate(self) -> None:
         """Checks of the options that are not sizes.
@@ -286,11 +287,6 @@ class ExperimentConfig:
         if self.ours_rounds < 1 or self.round_steps < 1:
             raise PoseGenInputError(
                 f"ns-posegen-experiment: --ours-rounds and --round-steps must be >= 1 (got {self.ours_rounds}, {self.round_steps})."
-            )
-        if self.ours_rounds > self.sizes_finetune_images():
-            raise PoseGenInputError(
-                f"ns-posegen-experiment: --ours-rounds {self.ours_rounds} is more than the {self.sizes_finetune_images()} "
-                "fine-tuning images: every round needs at least one."
             )
         if self.repeats < 1:
             raise PoseGenInputError(f"ns-posegen-experiment: --repeats must be >= 1 (got {self.repeats}).")
@@ -563,15 +559,23 @@ def finetune_ours_in_rounds(pipeline: Any, critic: Any, draw: Any, sizes: "Exper
     return {**totals, "drawn": sum(r["draw"]["drawn"] for r in rounds), "rounds": rounds}
 
 
-def mixed_draw(pipeline: Any, prior_fraction: float):
-    """``draw(num, generator) -> PoseCameraSample`` for ours' fine-tuning set: ``round(num * prior_fraction)``
-    prior samples (mocap poses, uniform cameras), the rest hard samples, in one batch."""
+def concat_samples(parts: list[Any]) -> Any:
+    """One :class:`~posegen_ns.sampler.PoseCameraSample` of the poses, orientations and cameras of ``parts``, in order."""
     from posegen_ns.sampler import PoseCameraSample
 
-    def draw(num: int, g: torch.Generator) -> PoseCameraSample:
+    return PoseCameraSample(*(torch.cat([getattr(s, f) for s in parts]) for f in ("body_pose", "global_orient", "camera")))
+
+
+def mixed_draw(pipeline: Any, prior_fraction: float, base: Any = None):
+    """``draw(num, generator) -> PoseCameraSample`` for ours' fine-tuning set: ``round(num * prior_fraction)``
+    prior samples (mocap poses, uniform cameras) after the rest, drawn by ``base(n, generator)`` (default: the
+    hard sampler), in one batch."""
+    base = base or (lambda n, g: pipeline.draw(n, hard=True, noise=g))
+
+    def draw(num: int, g: torch.Generator) -> Any:
         k = round(num * prior_fraction)
-        parts = [pipeline.draw(n, hard=hard, noise=g) for n, hard in ((num - k, True), (k, False)) if n > 0]
-        return PoseCameraSample(*(torch.cat([getattr(s, f) for s in parts]) for f in ("body_pose", "global_orient", "camera")))
+        parts = ([base(num - k, g)] if num > k else []) + ([pipeline.draw(k, hard=False, noise=g)] if k else [])
+        return concat_samples(parts)
 
     return draw
 

@@ -62,10 +62,6 @@ class AblationConfig:
     """Write the results here."""
 
 
-def _cat(parts: list[PoseCameraSample]) -> PoseCameraSample:
-    return PoseCameraSample(*(torch.cat([getattr(s, f) for s in parts]) for f in ("body_pose", "global_orient", "camera")))
-
-
 def make_draws(p: Any) -> dict[str, Draw]:
     """``{set name: draw(num, generator) -> PoseCameraSample}`` for the sets of the module docstring."""
     prior: Draw = lambda n, g: p.draw(n, hard=False, noise=g)
@@ -81,18 +77,15 @@ def make_draws(p: Any) -> dict[str, Draw]:
 
     def mined(base: Draw, k: int = 3) -> Draw:
         def draw(n: int, g: torch.Generator) -> PoseCameraSample:
-            cand = _cat([base(n, g) for _ in range(k)])
+            cand = E.concat_samples([base(n, g) for _ in range(k)])
             top = p.render_and_score(cand).error.nan_to_num(0.0).topk(n).indices
             return PoseCameraSample(cand.body_pose[top], cand.global_orient[top], cand.camera[top])
 
         return draw
 
-    def mix(a: Draw) -> Draw:
-        return lambda n, g: _cat([a(n - n // 2, g), prior(n // 2, g)])
-
     sets = {"random-prior": prior, "ours": ours, "hardpose-unicam": swap(True), "hardcam": swap(False),
             "mined-prior": mined(prior), "mined-ours": mined(ours)}
-    sets.update({f"{k}-mix": mix(v) for k, v in list(sets.items()) if k != "random-prior"})
+    sets.update({f"{k}-mix": E.mixed_draw(p, 0.5, base=v) for k, v in list(sets.items()) if k != "random-prior"})
     return sets
 
 
@@ -104,6 +97,8 @@ def check_sets(sets: tuple[str, ...], draws: dict[str, Draw]) -> None:
 
 
 def main(cfg: AblationConfig) -> dict[str, dict[str, float]]:
+    """Fine-tune and evaluate one critic per set of ``cfg.sets``; print a line each and return
+    ``{set: {"mpjpe_mm", "pa_mpjpe_mm", "pck150", "finetune_set_error_mm", "seconds"}}`` (mm, fraction, s)."""
     ecfg = E.ExperimentConfig(preset="full", load_config=cfg.load_config, finetune_images=cfg.finetune_images,
                               finetune_batch=cfg.finetune_batch, finetune_epochs=cfg.finetune_epochs,
                               eval_stride=cfg.eval_stride, eval_elevations=cfg.eval_elevations, seed=cfg.seed)
