@@ -50,6 +50,7 @@ from adapters.blazepose_worker import PROTOCOL_VERSION, message_text, read_messa
 from adapters.protocol import Critic
 from posegen_ns.body.joint_sets import JOINT_SETS
 from posegen_ns.errors import PoseGenInputError
+from posegen_ns.labels import root_of
 from posegen_ns.metrics import root_align
 
 BLAZEPOSE_PYTHON_ENV = "POSEGEN_BLAZEPOSE_PYTHON"
@@ -60,10 +61,6 @@ BLAZEPOSE_SETUP = (
 WORKER_SCRIPT = Path(__file__).with_name("blazepose_worker.py")
 JointFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``fn(images (B, 3, H, W) uint8, boxes (B, 4) float32) -> joints (B, J, 3)`` (numpy)."""
-
-
-def _root_of(joint_set: str) -> int | str:
-    return "midhip_lsp" if joint_set == "lsp14" else 0
 
 
 class BlackBoxCritic(Critic):
@@ -103,7 +100,7 @@ class BlackBoxCritic(Critic):
         if out.shape != (B, J, 3):
             raise RuntimeError(f"black-box critic {self.name} returned shape {out.shape}; expected ({B}, {J}, 3) ({self.joint_set}).")
         joints = torch.from_numpy(out).to(device=images.device, dtype=images.dtype)
-        return root_align(joints, _root_of(self.joint_set))
+        return root_align(joints, root_of(self.joint_set))
 
     def close(self) -> None:
         """Release the function's resources (a worker process) if it has a ``close``."""

@@ -20,29 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def boxes_from_joints(joints_2d: Tensor, scale: float = 1.2, aspect: float = 1.0) -> Tensor:
-    """Boxes around 2D joints.
-
-    Args:
-        joints_2d: ``(B, J, 2)`` pixel coordinates ``(x, y)``.
-        scale: box size relative to the joints' extent (1.2 = 20 % margin).
-        aspect: box width / height (1.0 = square, as HMR/SPIN crops).
-
-    Returns:
-        ``(B, 4)`` boxes ``(x0, y0, x1, y1)`` in pixels, centred on the centre of the joints'
-        bounding rectangle, with height ``scale * max(h, w / aspect)`` and width ``aspect * height``
-        (``w``, ``h``: extent of the joints). Differentiable; detach if gradients through the box
-        are unwanted.
-    """
-    lo = joints_2d.amin(dim=1)  # (B, 2)
-    hi = joints_2d.amax(dim=1)  # (B, 2)
-    centre = 0.5 * (lo + hi)
-    extent = hi - lo
-    height = scale * torch.maximum(extent[:, 1], extent[:, 0] / aspect)  # (B,)
-    half = 0.5 * torch.stack([aspect * height, height], dim=-1)  # (B, 2)
-    return torch.cat([centre - half, centre + half], dim=-1)
-
-
 def crop_affine(boxes: Tensor, image_hw: tuple[int, int]) -> Tensor:
     """``theta (B, 2, 3)`` for ``F.affine_grid(..., align_corners=False)``: normalised crop
     coordinates -> normalised image coordinates, for ``boxes (B, 4)`` in an ``(H, W)`` image.

@@ -29,7 +29,7 @@ import torchvision
 from torch import Tensor, nn
 
 from adapters.crop import crop_and_resize
-from adapters.protocol import Critic
+from adapters.protocol import Critic, critic_options
 from posegen_ns.body import BodyModel, load_body_model
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.geometry import axis_angle_to_matrix, matrix_to_rot6d, rot6d_to_matrix
@@ -327,7 +327,8 @@ def default_critic_path() -> Path:
     return cache_dir() / DEFAULT_CRITIC_PATH_NAME
 
 
-_HMR_OPTIONS = ("body", "j_regressor_h36m", "smpl_mean_params", "backbone", "input_size")
+_HMR_OPTIONS = ("backbone", "input_size")
+"""Options of :func:`load_hmr_critic` besides the data files of :data:`adapters.protocol.DATA_FILES`."""
 
 
 def load_hmr_critic(checkpoint: str | Path | None = None, **data_files: Any) -> HMRCritic:
@@ -337,18 +338,17 @@ def load_hmr_critic(checkpoint: str | Path | None = None, **data_files: Any) -> 
         checkpoint: ``None`` (random weights), ``"default"`` (the project's pre-trained critic,
             see :func:`default_critic_path`), or a SPIN-layout file: SPIN's official
             ``model_checkpoint.pt`` or one written by ``ns-posegen-pretrain-critic``.
-        **data_files: ``body`` (BodyModel, ``"open"``, ``"tiny"`` or an SMPL file path),
-            ``j_regressor_h36m`` (SPIN's ``J_regressor_h36m.npy``), ``smpl_mean_params``,
-            ``backbone``, ``input_size``. Files written by this project record backbone, input
-            size and body; SPIN's official file implies ``resnet50``/224 and needs ``body=`` the
-            SMPL neutral model.
+        **data_files: the data files of :data:`adapters.protocol.DATA_FILES`: ``smpl_model_path``
+            (alias ``body``: BodyModel, ``"open"``, ``"tiny"`` or an SMPL file path),
+            ``j_regressor_h36m`` (SPIN's ``J_regressor_h36m.npy``), ``smpl_mean_params``
+            (``h36m_mean_beta`` is accepted and unused); and ``backbone``, ``input_size``. Files
+            written by this project record backbone, input size and body; SPIN's official file
+            implies ``resnet50``/224 and needs ``smpl_model_path=`` the SMPL neutral model.
 
     Raises:
         PoseGenInputError: unknown options, missing files, or a checkpoint that does not fit.
     """
-    unknown = sorted(set(data_files) - set(_HMR_OPTIONS))
-    if unknown:
-        raise PoseGenInputError(f"load_hmr_critic: unknown options {unknown}; accepted: {list(_HMR_OPTIONS)}.")
+    given = critic_options("hmr", data_files, _HMR_OPTIONS)
     meta: dict[str, Any] = {}
     if checkpoint is not None:
         if str(checkpoint) == "default":
@@ -359,16 +359,17 @@ def load_hmr_critic(checkpoint: str | Path | None = None, **data_files: Any) -> 
                     "(or pass checkpoint=PATH to a SPIN model_checkpoint.pt)."
                 )
         meta = dict(read_spin_checkpoint(checkpoint).get("posegen", {}))
-        if data_files.get("body") is None and "body" not in meta:
+        if given["smpl_model_path"] is None and "body" not in meta:
             raise PoseGenInputError(
-                f"critic checkpoint {checkpoint} does not say which body it predicts for; SPIN's official "
-                "weights predict SMPL: pass body=PATH/TO/SMPL_NEUTRAL.pkl (and j_regressor_h36m=J_regressor_h36m.npy)."
+                f"critic checkpoint {checkpoint} does not say which body it predicts for; SPIN's official weights "
+                "predict SMPL: pass smpl_model_path=PATH/TO/SMPL_NEUTRAL.pkl (and j_regressor_h36m=J_regressor_h36m.npy)."
             )
-    opts = {k: data_files.get(k) if data_files.get(k) is not None else meta.get(k) for k in _HMR_OPTIONS}
+    recorded = {"smpl_model_path" if k == "body" else k: v for k, v in meta.items()}  # the file records its body as 'body'
+    opts = {k: v if v is not None else recorded.get(k) for k, v in given.items()}
     critic = build_hmr_critic(
         backbone=opts["backbone"] or "resnet50",
         input_size=int(opts["input_size"] or 224),
-        body=opts["body"] if opts["body"] is not None else "open",
+        body=opts["smpl_model_path"] if opts["smpl_model_path"] is not None else "open",
         smpl_mean_params=opts["smpl_mean_params"],
         j_regressor_h36m=opts["j_regressor_h36m"],
     )

@@ -20,7 +20,7 @@ Networks (parameter names equal the released checkpoints, which load with strict
 - Both carry ``smpl.*`` buffers (HybrIK's ``SMPL_layer``: ``faces_tensor``, ``v_template``,
   ``shapedirs``, ``posedirs`` (207, 3V), ``J_regressor``, ``J_regressor_h36m``, ``children_map``
   (29,), ``parents`` (29,), ``lbs_weights``), held by :class:`HybrIKSMPLBuffers`. Without a
-  ``body=``, the critic builds its SMPL body from them (:func:`body_from_smpl_buffers`).
+  ``smpl_model_path=`` (alias ``body=``), the critic builds its SMPL body from them (:func:`body_from_smpl_buffers`).
 
 Preprocessing (HybrIK's ``SimpleTransform3DSMPLCam.test_transform``): the box is made square
 (side ``max(w, h)``) and scaled by ``box_scale`` (HybrIK's ``scale_mult``, 1.25 for a tight
@@ -59,7 +59,7 @@ from torch import Tensor, nn
 from adapters.crop import crop_and_resize
 from adapters.hrnet import FEATURE_DIM, HRNet
 from adapters.hybrik_ik import HYBRIK_PARENTS_29, hybrik_ik, leaf_vertex_ids, rest_joints_29
-from adapters.protocol import Critic
+from adapters.protocol import Critic, critic_options
 from posegen_ns.body import BodyModel, load_body_model
 from posegen_ns.errors import PoseGenInputError
 
@@ -162,7 +162,7 @@ def body_from_smpl_buffers(smpl: HybrIKSMPLBuffers, j_regressor_h36m: str | Path
 
     if float(smpl.v_template.abs().sum()) == 0.0:
         raise PoseGenInputError(
-            "the HybrIK network has no SMPL data (its smpl.* buffers are empty); pass body=PATH/TO/SMPL_NEUTRAL.pkl "
+            "the HybrIK network has no SMPL data (its smpl.* buffers are empty); pass smpl_model_path=PATH/TO/SMPL_NEUTRAL.pkl "
             "or a checkpoint that carries them."
         )
     arrays = {
@@ -563,7 +563,8 @@ def save_hybrik_checkpoint(net: HybrIKResNet | HybrIKHRNet, path: str | Path, wr
 
 
 # ---- builders / entry points --------------------------------------------------------------------
-_OPTIONS = ("body", "smpl_model_path", "j_regressor_h36m", "h36m_mean_beta", "input_size", "box_scale", "width", "num_layers")
+_OPTIONS = ("input_size", "box_scale", "width", "num_layers")
+"""Options of the HybrIK loaders besides the data files of :data:`adapters.protocol.DATA_FILES`."""
 
 
 def _load_mean_beta(path: str | Path) -> Tensor:
@@ -629,12 +630,9 @@ def build_hybrik_critic(
 
 def _loader(arch: str):
     def load(checkpoint: str | Path | None = None, **data_files: Any) -> HybrIKCritic:
-        unknown = sorted(set(data_files) - set(_OPTIONS))
-        if unknown:
-            raise PoseGenInputError(f"load_critic('hybrik-{arch}'): unknown options {unknown}; accepted: {list(_OPTIONS)}.")
-        body = data_files.get("body") if data_files.get("body") is not None else data_files.get("smpl_model_path")
+        data_files = critic_options(f"hybrik-{arch}", data_files, _OPTIONS)
         return build_hybrik_critic(
-            arch, body=body, checkpoint=checkpoint, j_regressor_h36m=data_files.get("j_regressor_h36m"),
+            arch, body=data_files["smpl_model_path"], checkpoint=checkpoint, j_regressor_h36m=data_files.get("j_regressor_h36m"),
             h36m_mean_beta=data_files.get("h36m_mean_beta"), input_size=int(data_files.get("input_size") or INPUT_SIZE),
             box_scale=float(data_files.get("box_scale") or DEFAULT_BOX_SCALE), width=data_files.get("width"),
             num_layers=int(data_files.get("num_layers") or 34),
@@ -643,7 +641,8 @@ def _loader(arch: str):
     load.__name__ = f"load_hybrik_{arch}_critic"
     load.__doc__ = (
         f"Entry point ``posegen.critics: hybrik-{arch}``: :func:`build_hybrik_critic` with ``arch='{arch}'``; "
-        f"options {list(_OPTIONS)} (``smpl_model_path`` is an alias of ``body``)."
+        f"the data files of :data:`adapters.protocol.DATA_FILES` (``smpl_model_path``, alias ``body``; "
+        f"``smpl_mean_params`` is accepted and unused) and {list(_OPTIONS)}."
     )
     return load
 

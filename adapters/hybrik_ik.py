@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import roma
 import torch
-from smplx.lbs import blend_shapes, vertices2joints
+from smplx.lbs import vertices2joints
 from torch import Tensor
 
 from posegen_ns.body import BodyModel
@@ -109,10 +109,9 @@ def leaf_vertex_ids(body: BodyModel) -> Tensor:
 def rest_joints_29(body: BodyModel, betas: Tensor, leaf_ids: Tensor | None = None) -> Tensor:
     """Shaped rest-pose joints ``(B, 29, 3)`` (metres, body frame): SMPL-24 from the joint
     regressor and the 5 leaf vertices, for ``betas (B, body.num_betas)``."""
-    smpl = body.smpl
-    v_shaped = smpl.v_template + blend_shapes(betas, smpl.shapedirs)  # (B, V, 3)
+    v_shaped = body.shaped_vertices(betas)  # (B, V, 3)
     ids = leaf_vertex_ids(body) if leaf_ids is None else leaf_ids
-    j24 = vertices2joints(smpl.J_regressor, v_shaped)
+    j24 = vertices2joints(body.joint_regressor, v_shaped)
     return torch.cat([j24, v_shaped[:, ids.to(v_shaped.device)]], dim=1)
 
 

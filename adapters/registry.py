@@ -5,6 +5,9 @@ A third-party package adds a critic without editing posegen-ns by declaring, in 
 
     [project.entry-points."posegen.critics"]
     mycritic = "mypkg.critic:load_my_critic"   # load_my_critic(checkpoint=None, **data_files) -> Critic
+
+A loader receives the data-file keywords of :data:`adapters.protocol.DATA_FILES` (those the caller set);
+:func:`adapters.protocol.critic_options` checks them and folds the alias ``body`` into ``smpl_model_path``.
 """
 
 from __future__ import annotations

@@ -46,8 +46,10 @@ import torch
 from torch import Tensor
 
 from posegen_ns.body.joint_sets import H36M_TO_LSP14
+from posegen_ns.critic.evaluation import MetricAccumulator, module_device, per_sample_metrics
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.dataset_formats import H36M_TO_SPIN24
+from posegen_ns.labels import root_of
 from posegen_ns.metrics import auc, pck, procrustes_align, root_align
 
 J24_FROM_H36M17: tuple[int, ...] = H36M_TO_SPIN24
@@ -298,17 +300,15 @@ def protocol_metrics(pred: Tensor, gt17: Tensor, protocol: BenchmarkProtocol, jo
     Raises:
         PoseGenInputError: a joint set the protocol cannot use.
     """
-    from posegen_ns.evaluate import per_sample_metrics
-
     pred, gt17 = pred.detach().double(), gt17.detach().double().to(pred.device)
-    if joint_set == "h36m17":
-        pred = root_align(pred, 0)
+    if joint_set == "h36m17":  # SPIN's protocol: align at the pelvis, then (for 14 joints) cut to LSP-14 unaligned
+        pred = root_align(pred, root_of("h36m17"))
         if protocol.num_joints == 14:
             pred, gt, root = pred[:, list(H36M_TO_LSP14)], gt17[:, list(H36M_TO_LSP14)], None
         else:
-            gt, root = gt17, 0
+            gt, root = gt17, root_of("h36m17")
     elif joint_set == "lsp14" and protocol.num_joints == 14:
-        gt, root = gt17[:, list(H36M_TO_LSP14)], "midhip_lsp"
+        gt, root = gt17[:, list(H36M_TO_LSP14)], root_of("lsp14")
     else:
         raise PoseGenInputError(
             f"benchmark {protocol.name} needs {protocol.num_joints} H36M joints; a critic with joint set "
@@ -332,13 +332,11 @@ def evaluate_benchmark(critic: Any, data: BenchmarkData, image_root: Path | str,
     Raises:
         PoseGenInputError: missing image root or image, or a critic joint set the protocol cannot use.
     """
-    from posegen_ns.evaluate import MetricAccumulator, _module_device
-
     root = Path(image_root).expanduser()
     if not root.is_dir():
         raise PoseGenInputError(f"--image-root {root} does not exist; pass the folder that {data.source.name}'s 'imgname' paths are relative to.")
     size = int(getattr(critic, "input_size", 224))
-    device = _module_device(critic)
+    device = module_device(critic)
     joint_set = getattr(critic, "joint_set", "h36m17")
     acc = MetricAccumulator()
     for s in range(0, len(data), batch_size):
@@ -354,30 +352,3 @@ def evaluate_benchmark(critic: Any, data: BenchmarkData, image_root: Path | str,
     overall = acc.summary("overall").get("overall", {})
     overall = {"protocol": data.protocol.description, "headline": data.protocol.metrics[0], **overall}
     return {"overall": overall, "clips": acc.summary("clips")}
-
-
-def evaluate_benchmark_cli(cfg: Any) -> dict[str, Any]:
-    """Benchmark mode of ``ns-posegen-eval`` (``cfg``: :class:`posegen_ns.evaluate.EvalConfig`)."""
-    from posegen_ns.body import load_body_model
-    from posegen_ns.evaluate import _config_dict, _progress, load_eval_critic
-
-    if cfg.dataset_npz is None or cfg.image_root is None:
-        raise PoseGenInputError(f"--benchmark {cfg.benchmark} needs --dataset-npz PATH and --image-root DIR.")
-    image_root = Path(cfg.image_root).expanduser()
-    if not image_root.is_dir():
-        raise PoseGenInputError(f"--image-root {image_root} does not exist; pass the folder the npz's 'imgname' paths are relative to.")
-    critic_body = cfg.critic_body or "open"
-    gt_source = cfg.gt_body or critic_body
-    bodies = None
-    protocol = PROTOCOLS[cfg.benchmark]
-    if protocol.gt == "S_or_smpl":
-        bodies = {"neutral": load_body_model(gt_source, j_regressor_h36m=cfg.j_regressor_h36m)}
-        for key, src in (("m", cfg.gt_body_male), ("f", cfg.gt_body_female)):
-            if src is not None:
-                bodies[key] = load_body_model(src, j_regressor_h36m=cfg.j_regressor_h36m)
-    data = load_benchmark(protocol, cfg.dataset_npz, bodies, cfg.max_images)
-    critic = load_eval_critic(cfg, critic_body).to(cfg.device).eval()
-    with _progress(cfg.quiet, len(data)) as advance:
-        result = evaluate_benchmark(critic, data, image_root, cfg.batch_size, advance)
-    result["config"] = _config_dict(cfg) | {"joint_set": getattr(critic, "joint_set", "h36m17")}
-    return result

@@ -21,7 +21,8 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from posegen_ns.datamanager import PoseGenDataManagerConfig
 from posegen_ns.model import PoseGenHumanModelConfig
-from posegen_ns.pipeline import CriticConfig, PoseGenPipelineConfig, SamplerConfig
+from posegen_ns.critic.loading import CriticConfig
+from posegen_ns.pipeline import PoseGenPipelineConfig, SamplerConfig
 
 _NEVER = 1_000_000_000  # nerfstudio's periodic eval is replaced by the pipeline's own reports
 

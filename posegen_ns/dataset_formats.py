@@ -54,7 +54,6 @@ import torch
 from torch import Tensor
 
 from posegen_ns.body.joint_sets import H36M_JOINT_NAMES, SMPL_JOINT_NAMES
-from posegen_ns.geometry import axis_angle_to_matrix, matrix_to_axis_angle
 
 SPIN24_JOINT_NAMES: tuple[str, ...] = (
     "Right Ankle", "Right Knee", "Right Hip", "Left Hip", "Left Knee", "Left Ankle",
@@ -79,33 +78,6 @@ COCO3D_LOADER = "HybrIK hybrik/datasets/h36m_smpl.py H36mSMPL._load_jsons"
 
 
 # ---------------------------------------------------------------------------------------- labels
-def camera_frame_smpl(
-    global_orient: Tensor,  # (B, 3)
-    transl: Tensor,  # (B, 3)
-    rest_pelvis: Tensor,  # (B, 3)
-    R: Tensor,  # (B, 3, 3)
-    t: Tensor,  # (B, 3)
-) -> tuple[Tensor, Tensor]:
-    """SMPL root parameters that pose the body directly in an OpenCV camera frame.
-
-    SMPL rotates the body about its shaped rest pelvis ``J0``: ``x = R_g (x_rest - J0) + J0 + transl``
-    (smplx ``lbs``). With ``x_cam = R x + t``, the same body in the camera frame is SMPL with
-    ``R_g' = R R_g`` and ``transl' = R (J0 + transl) + t - J0``.
-
-    Args:
-        global_orient: world-frame global orientation, axis-angle radians.
-        transl: world-frame SMPL translation, metres.
-        rest_pelvis: ``J0``, the pelvis of the shaped rest pose (``BodyOutput.rest_joints[:, 0]``), metres.
-        R, t: world-to-camera rotation and translation (metres).
-
-    Returns:
-        ``global_orient_cam (B, 3)`` axis-angle radians and ``transl_cam (B, 3)`` metres.
-    """
-    rot = R @ axis_angle_to_matrix(global_orient)  # (B, 3, 3)
-    transl_cam = torch.einsum("bij,bj->bi", R, rest_pelvis + transl) + t - rest_pelvis
-    return matrix_to_axis_angle(rot), transl_cam
-
-
 def silhouette_boxes(mask: Tensor) -> tuple[Tensor, Tensor]:  # mask: (B, H, W) bool
     """Tight boxes of binary masks.
 

@@ -14,13 +14,13 @@ Two modes, one console script:
 Camera set (motions mode): ``--cameras N`` azimuths ``2 pi c / N`` (relative to the direction the
 body faces, so azimuth 0 is a frontal view; world-fixed with ``--no-azimuth-relative-to-body``) at
 every elevation of ``--elevations`` (degrees), all at ``--distance`` metres from the pelvis and looking
-at it, principal point at the image centre. The focal length frames the subject like the capture and
-the pipeline's sampler: the subject's rest-pose height spans ``--fill`` of the image height at
-``--distance`` (0.75 at 3 m is the pipeline's ``base_focal`` for a 1.75 m person). Critic boxes come
-from the projected H36M-17 joints (:func:`adapters.crop.boxes_from_joints`, ``--box-scale``), as the
-default critic was trained.
+at it, principal point at the image centre: the camera rule of :mod:`posegen_ns.labels`. The focal
+length is the framing rule the pipeline's sampler uses too (:func:`posegen_ns.labels.framing_focal`):
+the subject's rest-pose height spans ``--fill`` of the image height at ``--distance`` (the sampler: 0.75
+at 3 m, times its focal scale). Critic boxes come from the projected H36M-17 joints
+(:func:`posegen_ns.labels.person_boxes`, ``--box-scale``), as in fine-tuning and the critic's source renders.
 
-Metrics (:mod:`posegen_ns.metrics`, in the critic's joint set, :func:`gt_joints_for`): MPJPE and
+Metrics (:mod:`posegen_ns.metrics`, in the critic's joint set, :func:`posegen_ns.labels.camera_gt`): MPJPE and
 PA-MPJPE in millimetres, 3D-PCK at 150 mm and its AUC over 0..150 mm, per image, then averaged per
 clip and over all images (``overall`` weights every image equally). The JSON written by ``--json`` is
 ``{"overall": {...}, "clips": {name: {...}}, "views": {name: {...}}, "config": {...}}`` with metric
@@ -38,113 +38,24 @@ import fnmatch
 import json as jsonlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from adapters.crop import boxes_from_joints
 from adapters.protocol import Critic
-from posegen_ns.body.model import BodyModel, BodyOutput
+from posegen_ns.body.model import BodyModel
+from posegen_ns.cli import jsonable, load_run, progress, run_console_script, say_for
 from posegen_ns.errors import PoseGenInputError
-from posegen_ns.geometry import axis_angle_to_matrix, orbit_extrinsics, project_points
-from posegen_ns.metrics import Root, auc, mpjpe, pa_mpjpe, pck, root_align
-
-METRIC_KEYS: tuple[str, ...] = ("mpjpe_mm", "pa_mpjpe_mm", "pck150", "auc")
-"""Per-image metrics computed by :func:`per_sample_metrics` (mm, mm, fraction, fraction)."""
+from posegen_ns.geometry import project_points
+from posegen_ns.labels import camera_gt, framing_focal, orbit_cameras, person_boxes, root_of, subject_height
+from posegen_ns.critic.evaluation import EvalBatch, evaluate_critic
 
 RenderFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int], Tensor]
 """``render(body_pose (B, 69), global_orient (B, 3), transl (B, 3), K (B, 3, 3), R (B, 3, 3), t (B, 3),
 size) -> rgb (B, size, size, 3)`` in [0, 1]: the subject in the given poses and OpenCV cameras."""
-
-
-# ---- ground truth ---------------------------------------------------------------------------------
-def gt_joints_for(joint_set: str, body_output: BodyOutput) -> tuple[Tensor, Root]:
-    """Ground-truth joints of a posed body in a critic's joint set, and the root to align them at.
-
-    Args:
-        joint_set: the critic's ``joint_set``: ``"h36m17"`` (``body_output.joints_h36m``, the body's
-            H36M regressor, SPIN's order), ``"smpl24"`` (``body_output.joints``) or ``"lsp14"``
-            (``body_output.joints_lsp``, the H36M-17 subset :data:`~posegen_ns.body.joint_sets.H36M_TO_LSP14`).
-        body_output: the posed body (any frame: world or camera).
-
-    Returns:
-        ``joints (B, J, 3)`` in the frame of ``body_output`` (not root-aligned) and the
-        :data:`~posegen_ns.metrics.Root` for :mod:`posegen_ns.metrics`: ``0`` (pelvis) for
-        H36M-17 and SMPL-24, ``"midhip_lsp"`` (mean of the two hips; SPIN's LSP pelvis) for LSP-14.
-
-    Raises:
-        PoseGenInputError: an unknown joint set.
-    """
-    if joint_set == "h36m17":
-        return body_output.joints_h36m, 0
-    if joint_set == "smpl24":
-        return body_output.joints, 0
-    if joint_set == "lsp14":
-        return body_output.joints_lsp, "midhip_lsp"
-    raise PoseGenInputError(f"critic joint set {joint_set!r} is not one of 'h36m17', 'smpl24', 'lsp14'.")
-
-
-def to_camera(points: Tensor, R: Tensor, t: Tensor) -> Tensor:
-    """World points ``(B, J, 3)`` -> OpenCV camera frame ``R x + t`` ``(B, J, 3)``; ``R (B, 3, 3)``, ``t (B, 3)``."""
-    return torch.einsum("bij,bnj->bni", R, points) + t[:, None, :]
-
-
-def camera_gt(joint_set: str, body_output: BodyOutput, R: Tensor, t: Tensor) -> tuple[Tensor, Root]:
-    """Root-relative ground truth ``(B, J, 3)`` in the camera frame (what a critic predicts) for a
-    world-frame ``body_output`` seen by cameras ``R (B, 3, 3)``, ``t (B, 3)``; and its root."""
-    joints, root = gt_joints_for(joint_set, body_output)
-    return root_align(to_camera(joints, R, t), root), root
-
-
-# ---- metrics --------------------------------------------------------------------------------------
-def per_sample_metrics(pred: Tensor, gt: Tensor, root: Root = 0) -> dict[str, Tensor]:
-    """Per-image metrics of :data:`METRIC_KEYS`, each ``(B,)``, for ``pred``, ``gt`` ``(B, J, 3)``
-    metres (same frame and joint order): MPJPE and PA-MPJPE in mm, PCK@150 mm and AUC (0..150 mm)
-    as fractions, errors after aligning both sets at ``root`` (PA-MPJPE: similarity Procrustes)."""
-    pred, gt = pred.detach().double(), gt.detach().double()
-    return {
-        "mpjpe_mm": 1000.0 * mpjpe(pred, gt, root),
-        "pa_mpjpe_mm": 1000.0 * pa_mpjpe(pred, gt),
-        "pck150": pck(pred, gt, 0.150, root),
-        "auc": auc(pred, gt, root=root),
-    }
-
-
-def summarize(values: dict[str, np.ndarray]) -> dict[str, float]:
-    """Means of per-image metric arrays ``(N,)`` plus ``num_images``."""
-    n = len(next(iter(values.values()))) if values else 0
-    out = {k: float(np.mean(v)) if n else float("nan") for k, v in values.items()}
-    out["num_images"] = n
-    return out
-
-
-class MetricAccumulator:
-    """Collects per-image metrics under group names (clips, views) and summarises them."""
-
-    def __init__(self) -> None:
-        self.groups: dict[str, dict[str, dict[str, list[np.ndarray]]]] = {}
-
-    def add(self, kind: str, names: Sequence[str], metrics: dict[str, Tensor]) -> None:
-        """Add a batch: ``names[b]`` is the group of image ``b`` within ``kind`` (e.g. ``"clips"``)."""
-        arrays = {k: v.cpu().numpy() for k, v in metrics.items()}
-        names = list(names)
-        store = self.groups.setdefault(kind, {})
-        for name in dict.fromkeys(names):
-            sel = np.array([n == name for n in names])
-            group = store.setdefault(name, {})
-            for k, v in arrays.items():
-                group.setdefault(k, []).append(v[sel])
-
-    def summary(self, kind: str) -> dict[str, dict[str, float]]:
-        """``{group: summarize(...)}`` for one kind, in insertion order."""
-        return {
-            name: summarize({k: np.concatenate(v) for k, v in group.items()})
-            for name, group in self.groups.get(kind, {}).items()
-        }
 
 
 # ---- cameras --------------------------------------------------------------------------------------
@@ -166,48 +77,6 @@ def view_ring(num_cameras: int, elevations_deg: Sequence[float]) -> tuple[Tensor
     az = torch.tensor([math.radians(a) for a, _ in pairs], dtype=torch.float64)
     el = torch.tensor([math.radians(e) for _, e in pairs], dtype=torch.float64)
     return az, el, names
-
-
-def framing_focal(body: BodyModel, betas: Tensor, resolution: int, distance: float, fill: float) -> float:
-    """Focal length (pixels) at which the subject's rest-pose height spans ``fill`` of a
-    ``resolution``-pixel image at ``distance`` metres: ``f = fill * resolution * distance / height``."""
-    with torch.no_grad():
-        verts = body(torch.zeros(1, 69, device=betas.device), betas=betas[None]).vertices[0]  # (V, 3)
-    height = float(verts[:, 1].max() - verts[:, 1].min())
-    return fill * resolution * distance / max(height, 1e-3)
-
-
-def eval_cameras(
-    global_orient: Tensor,  # (B, 3)
-    pelvis: Tensor,  # (B, 3)
-    azimuth: Tensor,  # (B,)
-    elevation: Tensor,  # (B,)
-    distance: float,
-    focal: float,
-    resolution: int,
-    relative_to_body: bool = True,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """OpenCV cameras orbiting the pelvis (world y-up, metres, radians).
-
-    Azimuth is about world +y and, with ``relative_to_body``, measured from the direction the body
-    faces (its +z axis rotated by ``global_orient``; as the pipeline's sampler), so 0 is frontal.
-
-    Returns:
-        ``K (B, 3, 3)`` (focal ``focal`` px, principal point at the image centre), ``R (B, 3, 3)``,
-        ``t (B, 3)``, float32.
-    """
-    B = global_orient.shape[0]
-    az = azimuth.to(pelvis)
-    if relative_to_body:
-        forward = axis_angle_to_matrix(global_orient.float())[:, :, 2]  # (B, 3) body front in the world
-        az = az + torch.atan2(forward[:, 0], forward[:, 2]).to(az)
-    dist = torch.full_like(az, float(distance))
-    R, t = orbit_extrinsics(az, elevation.to(az), dist, pelvis)
-    K = torch.zeros(B, 3, 3, dtype=pelvis.dtype, device=pelvis.device)
-    K[:, 0, 0] = K[:, 1, 1] = focal
-    K[:, 0, 2] = K[:, 1, 2] = resolution / 2.0
-    K[:, 2, 2] = 1.0
-    return K.float(), R.float(), t.float()
 
 
 # ---- renderers ------------------------------------------------------------------------------------
@@ -240,19 +109,6 @@ def field_renderer(model: Any) -> RenderFn:
 
 # ---- the evaluation loop --------------------------------------------------------------------------
 @dataclass
-class EvalBatch:
-    """B rendered images of one clip with their labels (camera frame, OpenCV axes, metres)."""
-
-    clip: str
-    images: Tensor  # (B, 3, H, W) RGB in [0, 1]
-    boxes: Tensor  # (B, 4) xyxy pixels
-    gt: Tensor  # (B, J, 3) root-relative joints in the critic's joint set
-    root: Root  # root of the joint set (for the metrics)
-    frame_index: Tensor  # (B,) frame within the clip (after striding)
-    view_index: Tensor  # (B,) index into the camera set
-
-
-@dataclass
 class ViewConfig:
     """The camera set and framing (see the module docstring)."""
 
@@ -283,14 +139,14 @@ def iter_eval_batches(
             (the subject's ``betas`` are used).
         body: the subject's body model; ``betas`` its shape, on the body's device.
         render: a :data:`RenderFn`.
-        joint_set: the critic's joint set (:func:`gt_joints_for`).
+        joint_set: the critic's joint set (:func:`posegen_ns.labels.camera_gt`).
         views: the camera set.
         batch_size: images per batch.
     """
     dev = betas.device
     az_all, el_all, _ = view_ring(views.num_cameras, views.elevations_deg)
     V = az_all.shape[0]
-    focal = framing_focal(body, betas, views.resolution, views.distance, views.fill)
+    focal = framing_focal(subject_height(body, betas), views.resolution, views.distance, views.fill)
     for motion in motions:
         T = len(motion)
         for s in range(0, T * V, batch_size):
@@ -301,43 +157,17 @@ def iter_eval_batches(
             transl = torch.zeros(len(k), 3, device=dev)
             with torch.no_grad():
                 out = body(bp, go, betas[None].expand(len(k), -1), transl)
-            K, R, t = eval_cameras(go, out.joints[:, 0], az_all[vi].to(dev), el_all[vi].to(dev), views.distance, focal,
-                                   views.resolution, views.relative_to_body)
+            n = len(k)
+            K, R, t = orbit_cameras(go, out.joints[:, 0], az_all[vi].to(dev), el_all[vi].to(dev),
+                                    torch.full((n,), float(views.distance)), torch.full((n,), focal),
+                                    views.resolution, views.resolution, relative_to_body=views.relative_to_body)
+            K, R, t = K.float(), R.float(), t.float()
             rgb = render(bp, go, transl, K, R, t, views.resolution)  # (B, S, S, 3)
             uv, _ = project_points(out.joints_h36m, K, R, t)
-            gt, root = camera_gt(joint_set, out, R, t)
             yield EvalBatch(
-                clip=motion.name, images=rgb.permute(0, 3, 1, 2).contiguous(), boxes=boxes_from_joints(uv, views.box_scale),
-                gt=gt, root=root, frame_index=fi, view_index=vi,
+                clip=motion.name, images=rgb.permute(0, 3, 1, 2).contiguous(), boxes=person_boxes(uv, views.box_scale),
+                gt=camera_gt(joint_set, out, R, t), root=root_of(joint_set), frame_index=fi, view_index=vi,
             )
-
-
-@torch.no_grad()
-def score_batches(critic: Critic, batches: Iterator[EvalBatch], view_names: Sequence[str] | None = None,
-                  progress: Callable[[int], None] | None = None) -> MetricAccumulator:
-    """Run ``critic`` on every batch and accumulate per-image metrics under ``"clips"``,
-    ``"views"`` (names from ``view_names``) and ``"overall"``."""
-    acc = MetricAccumulator()
-    device = _module_device(critic)
-    for batch in batches:
-        pred = critic(batch.images.to(device), batch.boxes.to(device))
-        m = per_sample_metrics(pred.to(batch.gt.device), batch.gt, batch.root)
-        B = batch.gt.shape[0]
-        acc.add("clips", [batch.clip] * B, m)
-        acc.add("overall", ["overall"] * B, m)
-        if view_names is not None:
-            acc.add("views", [view_names[int(v)] for v in batch.view_index], m)
-        if progress is not None:
-            progress(B)
-    return acc
-
-
-def _module_device(module: torch.nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return torch.device("cpu")
 
 
 # ---- configuration and CLI ------------------------------------------------------------------------
@@ -412,27 +242,18 @@ class EvalConfig:
 
 
 def load_eval_critic(cfg: EvalConfig, body_source: str, pipeline: Any = None) -> Critic:
-    """The critic of ``cfg`` (see :class:`EvalConfig`); ``body_source`` is the default hmr body."""
-    from adapters.registry import load_critic
+    """The critic of ``cfg`` (see :class:`EvalConfig`): ``--critic run`` takes ``pipeline.critic``, any other
+    name goes through the one loading policy (:func:`posegen_ns.critic.loading.load_configured_critic`, the
+    defaults of ``ns-train``'s ``--pipeline.critic.*``); ``body_source`` is the subject's body."""
+    from posegen_ns.critic.loading import critic_config_from_flags, load_configured_critic
 
     if cfg.critic == "run":
         if pipeline is None:
             raise PoseGenInputError("--critic run takes the critic of a trained run: pass --load-config RUN/config.yml.")
         return pipeline.critic
-    checkpoint: Any = None if cfg.checkpoint.lower() == "none" else cfg.checkpoint
-    if cfg.critic not in ("hmr", "spin"):
-        return load_critic(cfg.critic, checkpoint=checkpoint)
-    body = cfg.critic_body or body_source
-    if checkpoint == "default":
-        from adapters.pretrain import default_critic_checkpoint
-
-        checkpoint = default_critic_checkpoint(body=body)
-    elif checkpoint is not None and not Path(checkpoint).expanduser().is_file():
-        raise PoseGenInputError(f"--checkpoint {checkpoint} does not exist; pass 'default', 'none' or a critic file.")
-    opts = {"body": body, "backbone": cfg.backbone, "input_size": cfg.input_size, "j_regressor_h36m": cfg.j_regressor_h36m}
-    if checkpoint is not None and cfg.critic_body is None:
-        opts["body"] = None  # the file records its body (if it does not, load_critic says so)
-    return load_critic(cfg.critic, checkpoint=checkpoint, **{k: v for k, v in opts.items() if v is not None})
+    ccfg = critic_config_from_flags(cfg.critic, cfg.checkpoint, cfg.critic_body, cfg.backbone, cfg.input_size,
+                                    cfg.j_regressor_h36m)
+    return load_configured_critic(ccfg, body_source)
 
 
 def motion_paths(poses: Path, exclude: Sequence[str] = (), skip_names: Sequence[str] = ()) -> list[Path]:
@@ -461,25 +282,12 @@ def motion_paths(poses: Path, exclude: Sequence[str] = (), skip_names: Sequence[
     return kept
 
 
-def _manifest_for(poses: Path) -> Path | None:
-    poses = Path(poses).expanduser()
-    base = poses.parent if poses.is_file() else poses
-    for d in (base, base.parent):
-        if (d / "manifest.csv").is_file():
-            return d / "manifest.csv"
-    return None
-
-
 def _subject(cfg: EvalConfig, device: str):
     """``(body, betas (nb,), render, pipeline, body_source, clip_names, default_resolution)``."""
     from posegen_ns.body import load_body_model
 
     if cfg.load_config is not None:
-        from nerfstudio.utils.eval_utils import eval_setup
-
-        if not Path(cfg.load_config).is_file():
-            raise PoseGenInputError(f"--load-config {cfg.load_config} does not exist; pass RUN/config.yml of an ns-train run.")
-        _, pipeline, _, _ = eval_setup(Path(cfg.load_config), test_mode="inference")
+        pipeline = load_run(cfg.load_config)
         model = pipeline.model
         capture = getattr(pipeline.datamanager, "train_capture", None)
         body = model.body
@@ -503,7 +311,7 @@ def _subject(cfg: EvalConfig, device: str):
 
 def evaluate_motions_cli(cfg: EvalConfig) -> dict[str, Any]:
     """Motions mode of ``ns-posegen-eval`` (module docstring); returns the results dict."""
-    from posegen_ns.mocap import clip_category, load_motion
+    from posegen_ns.mocap import clip_category, load_motion, manifest_for
 
     if cfg.poses is None:
         raise PoseGenInputError("pass --poses BVH_OR_NPZ_DIR (motions to render), or --benchmark with --dataset-npz.")
@@ -520,25 +328,26 @@ def evaluate_motions_cli(cfg: EvalConfig) -> dict[str, Any]:
     _, _, view_names = view_ring(views.num_cameras, views.elevations_deg)
     body_cpu = body if next(body.buffers()).device.type == "cpu" else None
     fit_body = body_cpu or _cpu_copy(body)
-    say = _say(cfg.quiet)
+    say = say_for("ns-posegen-eval", cfg.quiet)
     say(f"fitting {len(files)} motion files to the subject's body (cached after the first run)")
     motions = [load_motion(p, fit_body, stride=cfg.stride, max_frames=cfg.max_frames) for p in files]
     total = sum(len(m) for m in motions) * len(view_names)
     say(f"rendering {sum(len(m) for m in motions)} frames x {len(view_names)} views at {views.resolution} px; critic '{cfg.critic}'")
-    with _progress(cfg.quiet, total) as advance:
-        acc = score_batches(
-            critic, iter_eval_batches(motions, body, betas, render, critic.joint_set, views, cfg.batch_size), view_names, advance
+    with progress("evaluating", total, cfg.quiet) as advance:
+        acc = evaluate_critic(
+            critic, iter_eval_batches(motions, body, betas, render, critic.joint_set, views, cfg.batch_size), view_names,
+            progress=advance,
         )
-    manifest = _manifest_for(cfg.poses)
+    manifest = manifest_for(cfg.poses)
     clips = acc.summary("clips")
     for name in clips:
         clips[name] = {"category": clip_category(name, manifest), "frames": next(len(m) for m in motions if m.name == name),
                        **clips[name]}
     return {
-        "overall": acc.summary("overall")["overall"],
+        "overall": acc.overall(),
         "clips": clips,
         "views": acc.summary("views"),
-        "config": _config_dict(cfg) | {"joint_set": critic.joint_set, "focal_px": framing_focal(body, betas, views.resolution, views.distance, views.fill)},
+        "config": jsonable(cfg) | {"joint_set": critic.joint_set, "focal_px": framing_focal(subject_height(body, betas), views.resolution, views.distance, views.fill)},
     }
 
 
@@ -548,8 +357,31 @@ def _cpu_copy(body: BodyModel) -> BodyModel:
     return copy.deepcopy(body).cpu()
 
 
-def _config_dict(cfg: EvalConfig) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+def evaluate_benchmark_cli(cfg: EvalConfig) -> dict[str, Any]:
+    """Benchmark mode of ``ns-posegen-eval`` (:mod:`posegen_ns.benchmarks`); returns the results dict."""
+    from posegen_ns.benchmarks import PROTOCOLS, evaluate_benchmark, load_benchmark
+    from posegen_ns.body import load_body_model
+
+    if cfg.dataset_npz is None or cfg.image_root is None:
+        raise PoseGenInputError(f"--benchmark {cfg.benchmark} needs --dataset-npz PATH and --image-root DIR.")
+    image_root = Path(cfg.image_root).expanduser()
+    if not image_root.is_dir():
+        raise PoseGenInputError(f"--image-root {image_root} does not exist; pass the folder the npz's 'imgname' paths are relative to.")
+    critic_body = cfg.critic_body or "open"
+    gt_source = cfg.gt_body or critic_body
+    bodies = None
+    protocol = PROTOCOLS[cfg.benchmark]
+    if protocol.gt == "S_or_smpl":
+        bodies = {"neutral": load_body_model(gt_source, j_regressor_h36m=cfg.j_regressor_h36m)}
+        for key, src in (("m", cfg.gt_body_male), ("f", cfg.gt_body_female)):
+            if src is not None:
+                bodies[key] = load_body_model(src, j_regressor_h36m=cfg.j_regressor_h36m)
+    data = load_benchmark(protocol, cfg.dataset_npz, bodies, cfg.max_images)
+    critic = load_eval_critic(cfg, critic_body).to(cfg.device).eval()
+    with progress("evaluating", len(data), cfg.quiet) as advance:
+        result = evaluate_benchmark(critic, data, image_root, cfg.batch_size, advance)
+    result["config"] = jsonable(cfg) | {"joint_set": getattr(critic, "joint_set", "h36m17")}
+    return result
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
@@ -557,8 +389,6 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.benchmark is not None:
         if cfg.poses is not None:
             raise PoseGenInputError("pass either --benchmark (with --dataset-npz, --image-root) or --poses, not both.")
-        from posegen_ns.benchmarks import evaluate_benchmark_cli
-
         result = evaluate_benchmark_cli(cfg)
         title = f"ns-posegen-eval: {cfg.benchmark} ({result['overall'].get('protocol', '')})"
         group = "sequence"
@@ -601,48 +431,9 @@ def print_results(result: dict[str, Any], title: str, group: str = "clip") -> No
     Console(width=max(Console().width, 2 * longest + 75)).print(table)
 
 
-def _say(quiet: bool) -> Callable[[str], None]:
-    if quiet:
-        return lambda msg: None
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    return lambda msg: console.print(f"[bold]ns-posegen-eval[/bold] {msg}")
-
-
-class _progress:
-    """Context manager yielding ``advance(n)``: a transient rich progress bar on stderr unless quiet."""
-
-    def __init__(self, quiet: bool, total: int):
-        self.quiet, self.total, self.bar = quiet, total, None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if self.quiet:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            transient=True, console=Console(stderr=True))
-        self.bar.__enter__()
-        task = self.bar.add_task("evaluating", total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc) -> bool:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-        return False
-
-
 def entrypoint() -> None:
     """Console script ``ns-posegen-eval``."""
-    import tyro
-
-    cfg = tyro.cli(EvalConfig)
-    try:
-        run(cfg)
-    except PoseGenInputError as exc:
-        raise SystemExit(f"ns-posegen-eval: {exc}") from None
+    run_console_script("ns-posegen-eval", EvalConfig, run)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ PoseGen (Gholami et al., AAAI 2024, Tables 1-2) fine-tunes a pre-trained 3D pose
 renders of different pose distributions and compares the estimator's error on unseen motions. This
 script reproduces that comparison on the default subject with four arms, all starting from the same
 pre-trained critic, fine-tuned on the **same number of images** rendered by the **same trained
-human field**, with the same fine-tuning recipe (:func:`posegen_ns.finetune.finetune_critic`: SPIN's
+human field**, with the same fine-tuning recipe (:func:`posegen_ns.critic.finetune.finetune_critic`: SPIN's
 losses, BatchNorm frozen, the same source-data mixing and outlier filter):
 
 - ``pretrained``: the critic as pre-trained (no fine-tuning; the "before").
@@ -24,7 +24,7 @@ and our sampler in-process with the ``posegen-human`` method (``posegen-human-ti
 ``--preset tiny``) with the pose prior restricted to the training clips, (3) train the released-style
 GAN, (4) draw ``finetune_images`` usable samples per arm (after the outlier filter), fine-tune a copy
 of the critic on each, (5) evaluate every critic with :mod:`posegen_ns.evaluate`'s machinery
-(:func:`~posegen_ns.evaluate.iter_eval_batches`, :func:`~posegen_ns.evaluate.score_batches`) on the
+(:func:`~posegen_ns.evaluate.iter_eval_batches`, :func:`~posegen_ns.critic.evaluation.evaluate_critic`) on the
 subject rendered with the capture's own appearance (mesh renderer, not the field) in the evaluation
 motions, from a camera ring; report per motion category.
 
@@ -62,8 +62,10 @@ from typing import Any, Literal, Optional
 
 import torch
 
+from posegen_ns.cli import jsonable, load_run, run_console_script, say_for
 from posegen_ns.errors import PoseGenInputError
-from posegen_ns.finetune import FinetuneConfig, FinetuneStats, batch_from_samples, finetune_critic, outlier_mask, select
+from posegen_ns.labels import concat_samples, gt_from_camera_joints, critic_error
+from posegen_ns.critic.finetune import FinetuneConfig, FinetuneStats, batch_from_samples, finetune_critic, outlier_mask, select
 
 ARMS: tuple[str, ...] = ("pretrained", "random-prior", "posegen-released", "ours")
 """Row names of the comparison, in order."""
@@ -75,43 +77,45 @@ EVAL_CLIPS: tuple[str, ...] = ("02_04_jump_balance_ccrig", "10_03_soccer_kick")
 
 @dataclass
 class ExperimentSizes:
-    """Sizes of one preset (every field can be overridden on the command line)."""
+    """Sizes of one experiment, declared once: a preset (:data:`PRESETS`) sets every field; on the command line
+    (:class:`ExperimentConfig` inherits these fields, ``--field-steps`` ...) a field left unset (None) keeps the
+    preset's value (:meth:`ExperimentConfig.sizes`)."""
 
-    body: str
+    body: Optional[str] = None
     """Body of the subject and the critic: 'tiny' or 'open'."""
-    capture_cameras: int
+    capture_cameras: Optional[int] = None
     """Tiny preset: cameras of the capture built for the run (full: the default capture)."""
-    capture_resolution: int
+    capture_resolution: Optional[int] = None
     """Tiny preset: image side of the capture built for the run, pixels."""
-    critic_pretrain_steps: int
+    critic_pretrain_steps: Optional[int] = None
     """Pre-training steps of the default critic (cached per setting)."""
-    critic_input_size: int
+    critic_input_size: Optional[int] = None
     """Crop side of the default critic, pixels."""
-    field_steps: int
+    field_steps: Optional[int] = None
     """Phase 1 steps (fitting the field)."""
-    loop_steps: int
+    loop_steps: Optional[int] = None
     """Phase 2 steps (our sampler against the frozen critic)."""
-    num_gaussians: int
+    num_gaussians: Optional[int] = None
     """Gaussians of the field."""
-    sampler_batch: int
+    sampler_batch: Optional[int] = None
     """(pose, camera) samples per sampler step (ours and the released GAN)."""
-    gan_steps: int
+    gan_steps: Optional[int] = None
     """Training steps of the released-style GAN."""
-    finetune_images: int
+    finetune_images: Optional[int] = None
     """Usable (post-filter) fine-tuning images per arm."""
-    finetune_batch: int
+    finetune_batch: Optional[int] = None
     """Images per fine-tuning step."""
-    finetune_epochs: int
+    finetune_epochs: Optional[int] = None
     """Passes over each arm's fine-tuning images."""
-    eval_stride: int
+    eval_stride: Optional[int] = None
     """Frame stride of the evaluation motions."""
-    eval_max_frames: Optional[int]
+    eval_max_frames: Optional[int] = None
     """At most this many frames per evaluation motion (after the stride)."""
-    eval_cameras: int
+    eval_cameras: Optional[int] = None
     """Cameras on the evaluation ring."""
-    eval_elevations: tuple[float, ...]
+    eval_elevations: Optional[tuple[float, ...]] = None
     """Elevations (degrees) of the evaluation ring."""
-    eval_resolution: int
+    eval_resolution: Optional[int] = None
     """Rendered evaluation image side, pixels."""
 
 
@@ -173,8 +177,10 @@ class SamplerOverrides:
 
 
 @dataclass
-class ExperimentConfig:
-    """Compare critics fine-tuned on random prior poses, on PoseGen-as-released samples and on ours."""
+class ExperimentConfig(ExperimentSizes):
+    """Compare critics fine-tuned on random prior poses, on PoseGen-as-released samples and on ours.
+
+    The sizes (:class:`ExperimentSizes`: ``--field-steps``, ``--finetune-images``, ...) are the preset's unless set."""
 
     preset: Literal["tiny", "full"] = "tiny"
     """'tiny' (CPU, minutes) or 'full' (one GPU, under 30 minutes)."""
@@ -213,43 +219,6 @@ class ExperimentConfig:
     ours_prior_fraction: float = 0.5
     """Fraction of ours' fine-tuning draws taken from the prior (random-prior's distribution) instead of the hard
     sampler, as PoseAug trains on original and augmented poses together; 0 = hard samples only (measured worse)."""
-    body: Optional[str] = None
-    """Body of the subject and the critic: 'tiny' or 'open' (preset: tiny / open)."""
-    capture_cameras: Optional[int] = None
-    """Cameras of the capture built for a tiny-body run (preset tiny: 3)."""
-    capture_resolution: Optional[int] = None
-    """Image side of the capture built for a tiny-body run, pixels (preset tiny: 40)."""
-    critic_pretrain_steps: Optional[int] = None
-    """Pre-training steps of the default critic, cached per setting (tiny 150, full 1000)."""
-    critic_input_size: Optional[int] = None
-    """Crop side of the default critic, pixels (tiny 32, full 64)."""
-    field_steps: Optional[int] = None
-    """Phase 1 steps, fitting the field (tiny 60, full 1500)."""
-    loop_steps: Optional[int] = None
-    """Phase 2 steps, our sampler against the frozen critic (tiny 30, full 300)."""
-    num_gaussians: Optional[int] = None
-    """Gaussians of the field (tiny 300, full 6000)."""
-    sampler_batch: Optional[int] = None
-    """(pose, camera) samples per sampler step, ours and the released GAN (tiny 4, full 6)."""
-    gan_steps: Optional[int] = None
-    """Training steps of the released-style pose GAN (tiny 30, full 300)."""
-    finetune_images: Optional[int] = None
-    """Usable (post-filter) fine-tuning images per arm (tiny 48, full 1024)."""
-    finetune_batch: Optional[int] = None
-    """Images per fine-tuning step (tiny 8, full 32)."""
-    finetune_epochs: Optional[int] = None
-    """Passes over each arm's fine-tuning images (3)."""
-    eval_stride: Optional[int] = None
-    """Frame stride of the evaluation motions (tiny 24, full 8)."""
-    eval_max_frames: Optional[int] = None
-    """At most this many frames per evaluation motion after the stride (tiny 6, full all)."""
-    eval_cameras: Optional[int] = None
-    """Cameras on the evaluation ring (tiny 4, full 8)."""
-    eval_elevations: Optional[tuple[float, ...]] = None
-    """Elevations of the evaluation ring, degrees (tiny 0 30, full 0 20 40)."""
-    eval_resolution: Optional[int] = None
-    """Rendered evaluation image side, pixels (tiny 40, full 128)."""
-
     def sizes(self) -> ExperimentSizes:
         """The preset's sizes with this config's overrides applied.
 
@@ -363,7 +332,7 @@ def train_pipeline(cfg: ExperimentConfig, sizes: ExperimentSizes, capture: Path)
 
 
 def load_trained_pipeline(config_path: Path):
-    """A trained run's pipeline (``nerfstudio.utils.eval_utils.eval_setup``) with its pose prior cut to
+    """A trained run's pipeline (:func:`posegen_ns.cli.load_run`) with its pose prior cut to
     :data:`TRAIN_CLIPS`, so that no arm draws poses of the evaluation clips. The run's generator was
     trained on its own prior; here it only receives training-clip poses as inputs. If the run fine-tuned
     its critic (rounds), the pre-trained critic is loaded again so that every arm starts from it.
@@ -371,21 +340,18 @@ def load_trained_pipeline(config_path: Path):
     Raises:
         PoseGenInputError: ``config_path`` is not a file.
     """
-    from nerfstudio.utils.eval_utils import eval_setup
-
+    from posegen_ns.critic.loading import load_configured_critic
     from posegen_ns.data.poses import load_pose_bank
     from posegen_ns.pipeline import prior_clip_paths
 
-    if not Path(config_path).is_file():
-        raise PoseGenInputError(f"--load-config {config_path} does not exist; pass RUN/config.yml of an ns-train posegen-human run.")
-    _, pipeline, _, _ = eval_setup(Path(config_path), test_mode="inference")
+    pipeline = load_run(config_path)
     dev = pipeline.prior_body_pose.device
     bank = load_pose_bank(pipeline.model.body, clips=prior_clip_paths(TRAIN_CLIPS), stride=pipeline.config.sampler.prior_stride)
     pipeline.prior_body_pose = bank.body_pose.float().to(dev)
     pipeline.prior_global_orient = bank.global_orient.float().to(dev)
     if pipeline.config.finetune_steps_per_round > 0:  # the saved critic was fine-tuned: start every arm from the pre-trained one
         body_source = pipeline.config.model.body or pipeline.datamanager.train_capture.body
-        pipeline.critic = pipeline._load_critic(body_source).to(dev)
+        pipeline.critic = load_configured_critic(pipeline.config.critic, body_source).to(dev)
     pipeline.eval()
     return pipeline
 
@@ -393,11 +359,14 @@ def load_trained_pipeline(config_path: Path):
 def fixed_frontal_camera(pipeline: Any, num: int) -> torch.Tensor:
     """``(num, 5)`` sampler camera parameters of the released code's fixed camera: in front of the body
     (azimuth 0), level (elevation 0, clamped into the range), mid-range distance, no roll, unit focal scale."""
+    from posegen_ns.sampler import CameraRanges
+
     r = pipeline.ranges
-    clamp = lambda v, lo_hi: min(max(v, lo_hi[0]), lo_hi[1])  # noqa: E731
-    cam = [clamp(0.0, r.azimuth), clamp(0.0, r.elevation), 0.5 * (r.distance[0] + r.distance[1]), clamp(0.0, r.roll),
-           clamp(1.0, r.focal_scale)]
-    return torch.tensor(cam, device=pipeline.prior_body_pose.device).expand(num, 5)
+    clamp = lambda v, lo_hi: torch.tensor(min(max(v, lo_hi[0]), lo_hi[1])).expand(num)  # noqa: E731
+    cam = CameraRanges.pack(azimuth=clamp(0.0, r.azimuth), elevation=clamp(0.0, r.elevation),
+                            distance=clamp(0.5 * (r.distance[0] + r.distance[1]), r.distance), roll=clamp(0.0, r.roll),
+                            focal_scale=clamp(1.0, r.focal_scale))
+    return cam.to(pipeline.prior_body_pose.device)
 
 
 def train_released_gan(pipeline: Any, steps: int, batch_size: int, seed: int = 0, lr: float = 1e-3,
@@ -413,7 +382,6 @@ def train_released_gan(pipeline: Any, steps: int, batch_size: int, seed: int = 0
         ``sample(num, generator) -> PoseCameraSample``: draws from the trained GAN with the fixed camera.
     """
     from posegen_ns.geometry import project_points
-    from posegen_ns.metrics import mpjpe
     from posegen_ns.sampler import HardPoseGenerator, PartDiscriminator, PoseCameraSample
 
     scfg = pipeline.config.sampler
@@ -444,8 +412,8 @@ def train_released_gan(pipeline: Any, steps: int, batch_size: int, seed: int = 0
         out = body(s.body_pose, s.global_orient, betas, scored.transl)
         _, j_h36m_cam = project_points(out.joints_h36m, scored.K, scored.R, scored.t)
         _, j_smpl_cam = project_points(out.joints, scored.K, scored.R, scored.t)
-        gt = pipeline._gt_for_critic(j_h36m_cam, j_smpl_cam)
-        err = mpjpe(scored.pred_joints.detach(), gt, root=None)
+        gt = gt_from_camera_joints(pipeline.critic.joint_set, j_h36m_cam, j_smpl_cam)
+        err = critic_error(scored.pred_joints.detach(), gt, pipeline.critic.joint_set)
         feedback = (1.0 - err).nanmean()
         fake_logits = disc(s.body_pose)
         adv = bce(fake_logits, torch.ones_like(fake_logits))
@@ -559,13 +527,6 @@ def finetune_ours_in_rounds(pipeline: Any, critic: Any, draw: Any, sizes: "Exper
     return {**totals, "drawn": sum(r["draw"]["drawn"] for r in rounds), "rounds": rounds}
 
 
-def concat_samples(parts: list[Any]) -> Any:
-    """One :class:`~posegen_ns.sampler.PoseCameraSample` of the poses, orientations and cameras of ``parts``, in order."""
-    from posegen_ns.sampler import PoseCameraSample
-
-    return PoseCameraSample(*(torch.cat([getattr(s, f) for s in parts]) for f in ("body_pose", "global_orient", "camera")))
-
-
 def mixed_draw(pipeline: Any, prior_fraction: float, base: Any = None):
     """``draw(num, generator) -> PoseCameraSample`` for ours' fine-tuning set: ``round(num * prior_fraction)``
     prior samples (mocap poses, uniform cameras) after the rest, drawn by ``base(n, generator)`` (default: the
@@ -623,11 +584,11 @@ def draw_finetune_set(pipeline: Any, draw: Any, num_images: int, batch_size: int
 # ---- evaluation ----------------------------------------------------------------------------------
 def eval_motion_paths(cfg: ExperimentConfig) -> tuple[list[Path], Optional[Path]]:
     """Evaluation motion files and the manifest giving their categories."""
-    from posegen_ns.evaluate import _manifest_for, motion_paths
-    from posegen_ns.mocap import shipped_clips_dir
+    from posegen_ns.evaluate import motion_paths
+    from posegen_ns.mocap import manifest_for, shipped_clips_dir
 
     if cfg.eval_poses is not None:
-        return motion_paths(cfg.eval_poses), _manifest_for(cfg.eval_poses)
+        return motion_paths(cfg.eval_poses), manifest_for(cfg.eval_poses)
     d = shipped_clips_dir()
     return [d / f"{c}.bvh" for c in EVAL_CLIPS], d / "manifest.csv"
 
@@ -653,24 +614,13 @@ def build_eval_set(pipeline: Any, cfg: ExperimentConfig, sizes: ExperimentSizes)
 
 
 def evaluate_critic_on(critic: Any, batches: list, categories: dict[str, str]) -> dict[str, Any]:
-    """Score ``critic`` on pre-rendered evaluation batches (:func:`posegen_ns.evaluate.score_batches`);
+    """Score ``critic`` on pre-rendered evaluation batches (:func:`posegen_ns.critic.evaluation.evaluate_critic`);
     ``{"overall": {...}, "categories": {cat: {...}}}`` with the metric keys of
-    :data:`posegen_ns.evaluate.METRIC_KEYS` and ``num_images`` (categories: image-weighted over clips)."""
-    from posegen_ns.evaluate import METRIC_KEYS, score_batches
+    :data:`posegen_ns.critic.evaluation.METRIC_KEYS` and ``num_images`` (a category: the mean over its images)."""
+    from posegen_ns.critic.evaluation import evaluate_critic
 
-    critic.eval_mode()
-    acc = score_batches(critic, iter(batches))
-    clips = acc.summary("clips")
-    cats: dict[str, dict[str, float]] = {}
-    for clip, m in clips.items():
-        c = cats.setdefault(categories.get(clip, "unknown"), {k: 0.0 for k in METRIC_KEYS} | {"num_images": 0})
-        for k in METRIC_KEYS:
-            c[k] += m[k] * m["num_images"]
-        c["num_images"] += m["num_images"]
-    for c in cats.values():
-        for k in METRIC_KEYS:
-            c[k] /= max(c["num_images"], 1)
-    return {"overall": acc.summary("overall")["overall"], "categories": cats}
+    acc = evaluate_critic(critic, batches, categories=categories)
+    return {"overall": acc.overall(), "categories": acc.summary("categories")}
 
 
 # ---- the experiment ------------------------------------------------------------------------------
@@ -682,7 +632,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     out_dir = Path(cfg.output_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg.output_dir = out_dir
-    say = _say()
+    say = say_for("ns-posegen-experiment")
 
     if cfg.load_config is not None:
         t = time.time()
@@ -759,12 +709,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     results = {
         "rows": rows,
         "categories": sorted({c for r in rows for c in r["categories"]}),
-        "config": {"preset": cfg.preset, "sizes": asdict(sizes), "finetune": _jsonable(asdict(cfg.finetune)),
+        "config": {"preset": cfg.preset, "sizes": asdict(sizes), "finetune": jsonable(cfg.finetune),
                    "train_clips": list(TRAIN_CLIPS), "eval_poses": [str(p) for p in eval_motion_paths(cfg)[0]],
                    "device": str(cfg.device), "seed": cfg.seed, "repeats": cfg.repeats, "ours_rounds": cfg.ours_rounds,
                    "round_steps": cfg.round_steps if cfg.ours_rounds > 1 else None, "arms": list(cfg.arms),
                    "relearn": relearned, "ours_prior_fraction": cfg.ours_prior_fraction,
-                   "sampler": _jsonable(asdict(pipeline.config.sampler)),
+                   "sampler": jsonable(pipeline.config.sampler),
                    "load_config": str(cfg.load_config) if cfg.load_config is not None else None},
         "timing_s": timing,
         "comparison": comparison_lines(rows),
@@ -832,14 +782,6 @@ def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x if isinstance(x, (int, float, str, bool, type(None))) else str(x)
-
-
 def print_table(results: dict[str, Any]) -> None:
     """The comparison as a rich table: one row per arm, overall metrics and MPJPE per category."""
     from rich.console import Console
@@ -889,22 +831,9 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _say():
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    return lambda msg: console.print(f"[bold]ns-posegen-experiment[/bold] {msg}")
-
-
 def entrypoint() -> None:
     """Console script ``ns-posegen-experiment``."""
-    import tyro
-
-    cfg = tyro.cli(ExperimentConfig)
-    try:
-        run_experiment(cfg)
-    except PoseGenInputError as exc:
-        raise SystemExit(f"ns-posegen-experiment: {exc}") from None
+    run_console_script("ns-posegen-experiment", ExperimentConfig, run_experiment)
 
 
 if __name__ == "__main__":

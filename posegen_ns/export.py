@@ -32,7 +32,9 @@ to an uninterrupted export. A Python error inside the export removes the partial
 
 Datasets bigger than one machine: ``--num-shards M --shard-index K`` renders the batches
 ``b % M == K`` into ``OUTPUT/shard-K`` (a complete dataset of its samples, original indices), one
-process per GPU or machine, and ``ns-posegen-export merge`` joins them::
+process per GPU or machine, and the subcommand ``ns-posegen-export merge`` joins them (``export`` is the
+default subcommand, so ``ns-posegen-export --load-config ...`` and ``ns-posegen-export export --load-config ...``
+are the same command)::
 
     for K in 0 1 2 3; do
       CUDA_VISIBLE_DEVICES=$K ns-posegen-export --load-config RUN/config.yml --output-dir big \\
@@ -45,35 +47,33 @@ The merged dataset equals (byte for byte, manifest aside) the one a single proce
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import signal
 import socket
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import tyro
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from posegen_ns.body.joint_sets import H36M_JOINT_NAMES, SMPL_JOINT_NAMES
 from posegen_ns.dataset_formats import (
     COCO3D_LOADER,
-    camera_frame_smpl,
     save_npz_deterministic,
     silhouette_boxes,
     write_coco3d_json,
     write_spin_npz,
 )
+from posegen_ns.cli import load_run, progress, run_console_script
+from posegen_ns.data.capture_data import write_png
 from posegen_ns.errors import PoseGenInputError
+from posegen_ns.labels import camera_frame_smpl, concat_samples
 
 FORMAT_VERSION = 2
 
@@ -107,7 +107,7 @@ _LOCK = ".lock"
 
 @dataclass
 class ExportConfig:
-    """Export sampled hard examples of a posegen-human run (``ns-posegen-export merge --help`` joins shards)."""
+    """Export sampled hard examples of a posegen-human run (the default subcommand; ``merge`` joins shards)."""
 
     load_config: Path
     """The run's config.yml (as for ns-export)."""
@@ -178,35 +178,16 @@ def model_digest(pipeline) -> str:
     return h.hexdigest()
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    import cv2
-
-    ok = cv2.imwrite(str(path), np.ascontiguousarray(array[..., ::-1]) if array.ndim == 3 else array)
-    if not ok:
-        raise OSError(f"could not write {path}")
-
-
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
 
 
-def _concat_samples(samples: Sequence[Any]):
-    """Concatenate :class:`~posegen_ns.sampler.PoseCameraSample` batches (fields that are None in
-    any stay None)."""
-    cls = type(samples[0])
-    out = {}
-    for f in dataclasses.fields(cls):
-        values = [getattr(s, f.name) for s in samples]
-        out[f.name] = None if any(v is None for v in values) else torch.cat(values)
-    return cls(**out)
-
-
 def draw_samples(pipeline, indices: Sequence[int], hard: bool, seed: int):
     """The (pose, camera) draws of samples ``indices``: each from ``pipeline.draw(1, ...)`` with a
     generator seeded by :func:`sample_seed` ``(seed, i)``."""
-    return _concat_samples([
+    return concat_samples([
         pipeline.draw(1, hard=hard, noise=torch.Generator().manual_seed(sample_seed(seed, i))) for i in indices
     ])
 
@@ -220,7 +201,7 @@ def render_batch(pipeline, indices: Sequence[int], hard: bool, seed: int) -> tup
     """
     s = pipeline.render_and_score(draw_samples(pipeline, indices, hard, seed))
     body = pipeline.model.body
-    rest_pelvis = body(s.body_pose, s.global_orient, s.betas, s.transl).rest_joints[:, 0]  # (B, 3)
+    rest_pelvis = body.rest_joints(s.betas)[:, 0]  # (B, 3)
     orient_cam, transl_cam = camera_frame_smpl(s.global_orient, s.transl, rest_pelvis, s.R, s.t)
     mask = s.alpha[..., 0] > 0.5  # (B, H, W)
     mask_boxes, mask_area = silhouette_boxes(mask)
@@ -327,13 +308,6 @@ def _acquire_lock(folder: Path) -> Path:
 def _fingerprint_diff(a: Dict[str, Any], b: Dict[str, Any]) -> str:
     keys = sorted(set(a) | set(b))
     return ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))
-
-
-def _progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
-    )
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -467,23 +441,20 @@ def _render_all(pipeline, tmp: Path, plan, meta, fingerprint, hard: bool, worker
         _write_json(tmp / _PROGRESS, {"fingerprint": fingerprint, "meta": meta, "state": "rendering",
                                       "total": total, "done": done})
 
-    with torch.no_grad(), _progress_bar() as bar, ThreadPoolExecutor(max(1, workers)) as pool:
-        task = bar.add_task("rendering samples", total=total, completed=done, rate="")
+    with torch.no_grad(), progress("rendering samples", total, completed=done, suffix="img/s") as advance, \
+            ThreadPoolExecutor(max(1, workers)) as pool:
         pending = None
-        started, rendered = time.perf_counter(), 0
         for a, b in todo:
             labels, rgb, mask = render_batch(pipeline, range(a, b), hard, meta["seed"])
             futures = []
             for j, i in enumerate(range(a, b)):
                 name = image_name(i, n)
-                futures.append(pool.submit(_write_png, tmp / "images" / name, rgb[j]))
-                futures.append(pool.submit(_write_png, tmp / "masks" / name, mask[j]))
+                futures.append(pool.submit(write_png, tmp / "images" / name, rgb[j]))
+                futures.append(pool.submit(write_png, tmp / "masks" / name, mask[j]))
             if pending is not None:
                 commit(pending)
             pending = (a, futures, labels)
-            rendered += b - a
-            rate = rendered / max(time.perf_counter() - started, 1e-9)
-            bar.update(task, completed=done + (b - a), rate=f"{rate:.1f} img/s")
+            advance(b - a)
         if pending is not None:
             commit(pending)
 
@@ -590,16 +561,12 @@ def _interrupt_on_sigterm() -> None:
 
 
 def main(config: ExportConfig) -> Path:
-    """Load the run (nerfstudio ``eval_setup``) and export."""
-    from nerfstudio.utils.eval_utils import eval_setup
-
-    if not config.load_config.is_file():
-        raise PoseGenInputError(f"--load-config {config.load_config} does not exist; pass RUN/config.yml of an ns-train run")
+    """``ns-posegen-export [export]``: load the run (:func:`posegen_ns.cli.load_run`) and export."""
     target = config.output_dir / f"shard-{config.shard_index}" if config.num_shards > 1 else config.output_dir
     if target.exists() and not config.overwrite:
         raise PoseGenInputError(f"output folder {target} exists; pass --overwrite to replace it")
     _interrupt_on_sigterm()
-    _, pipeline, _, _ = eval_setup(config.load_config, test_mode="inference")
+    pipeline = load_run(config.load_config)
     try:
         out = export_samples(pipeline, config.output_dir, config.num_samples, config.kind, config.batch_size,
                              config.seed, config.overwrite, run_config=config.load_config, resume=config.resume,
@@ -614,17 +581,34 @@ def main(config: ExportConfig) -> Path:
 
 
 def merge_main(config: MergeConfig) -> Path:
+    """``ns-posegen-export merge``: join the shards."""
     out = merge_shards(config.shards_dir, config.output_dir, config.overwrite, config.remove_shards)
     print(f"merged {config.shards_dir}/shard-* into {out}")
     return out
 
 
+Commands = Union[
+    Annotated[ExportConfig, tyro.conf.subcommand("export", description=ExportConfig.__doc__)],
+    Annotated[MergeConfig, tyro.conf.subcommand("merge", description=MergeConfig.__doc__)],
+]
+"""The subcommands of ``ns-posegen-export`` (as nerfstudio's ``ns-export``): ``export`` (the default: its word
+may be left out) and ``merge``."""
+
+
+def run_command(config: ExportConfig | MergeConfig) -> Path:
+    """Run the subcommand ``config`` is the settings of (:func:`main` or :func:`merge_main`)."""
+    return merge_main(config) if isinstance(config, MergeConfig) else main(config)
+
+
 def entrypoint() -> None:
-    """Console script ``ns-posegen-export`` (``ns-posegen-export merge ...`` joins shards)."""
-    if sys.argv[1:2] == ["merge"]:
-        merge_main(tyro.cli(MergeConfig, args=sys.argv[2:], prog="ns-posegen-export merge"))
-    else:
-        main(tyro.cli(ExportConfig))
+    """Console script ``ns-posegen-export``: ``ns-posegen-export [export] --load-config ... --output-dir ...`` or
+    ``ns-posegen-export merge --shards-dir ... --output-dir ...``. ``export`` is the default subcommand, and its
+    options cascade to the top level, so the command line of ns-export (no subcommand word) keeps working."""
+    run_console_script(
+        "ns-posegen-export", Commands, run_command,
+        default=ExportConfig(load_config=tyro.MISSING, output_dir=tyro.MISSING),
+        config=(tyro.conf.CascadeSubcommandArgs,),
+    )
 
 
 if __name__ == "__main__":

@@ -242,9 +242,7 @@ class PoseGenHumanModel(Model):
         ``accumulation``, ``depth`` ``(H, W, 1)``."""
         cam = camera[0:1] if camera.shape else camera.reshape((1,))
         R, t = nerfstudio_c2w_to_opencv(cam.camera_to_worlds.float())
-        K = torch.zeros(1, 3, 3, device=R.device)
-        K[:, 0, 0], K[:, 1, 1] = cam.fx[:, 0], cam.fy[:, 0]
-        K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = cam.cx[:, 0], cam.cy[:, 0], 1.0
+        K = cam.get_intrinsics_matrices().to(R)  # (1, 3, 3) pixels
         body_pose, global_orient, transl = (x.to(R.device)[None] for x in self.viewer_pose)
         out = self.render(body_pose, global_orient, transl, K, R, t, int(cam.width[0, 0]), int(cam.height[0, 0]))
         return {"rgb": out.rgb[0], "accumulation": out.alpha[0], "depth": out.depth[0]}

@@ -10,7 +10,7 @@ pose and camera, while a part-wise discriminator against real mocap keeps poses 
 Phase 3 (optional, ``finetune_steps_per_round > 0``): rounds. After phase 1 the steps alternate, for
 ``rounds`` rounds, between ``loop_steps_per_round`` steps of phase 2 (the sampler learns against the
 frozen critic) and ``finetune_steps_per_round`` steps that fine-tune the critic on fresh hard samples
-mixed with its source data (:mod:`posegen_ns.finetune`: SPIN's losses, BatchNorm frozen, per-sample
+mixed with its source data (:mod:`posegen_ns.critic.finetune`: SPIN's losses, BatchNorm frozen, per-sample
 outlier filter); steps after the last round continue phase 2 against the fine-tuned critic. The
 critic is then a pipeline parameter group (``critic``, with its own optimizer in the trainer config)
 and its weights are part of the pipeline's state dict, so nerfstudio checkpoints save and restore
@@ -25,7 +25,6 @@ folder.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +38,13 @@ from rich.table import Table
 from torch.nn import Parameter
 
 from posegen_ns.datamanager import PoseGenDataManagerConfig
+from posegen_ns.critic.loading import CriticConfig, load_configured_critic
 from posegen_ns.errors import PoseGenInputError
-from posegen_ns.finetune import FinetuneConfig, FinetuneStats, batch_from_samples, finetune_losses, outlier_mask, select, source_count
-from posegen_ns.geometry import axis_angle_to_matrix, orbit_extrinsics, project_points
-from posegen_ns.metrics import circular_spread, mpjpe
+from posegen_ns.critic.finetune import FinetuneConfig, FinetuneStats, batch_from_samples, finetune_losses, outlier_mask, select, source_count
+from posegen_ns.labels import SampleBatch, concat_samples, framing_focal, orbit_cameras, render_and_score, subject_height
+from posegen_ns.metrics import circular_spread
 from posegen_ns.model import PoseGenHumanModelConfig
+from posegen_ns.sampler.config import SamplerConfig
 from posegen_ns.sampler import (
     CameraRanges,
     HardPoseGenerator,
@@ -52,61 +53,6 @@ from posegen_ns.sampler import (
     bounded_hardness_loss,
     joint_limit_penalty,
 )
-
-
-@dataclass
-class SamplerConfig:
-    """The hard-pose sampler and its losses."""
-
-    batch_size: int = 4
-    """(pose, camera) samples per loop step."""
-    noise_dim: int = 32
-    """Size of the generator's noise input."""
-    hidden: int = 256
-    """Hidden width of the generator."""
-    max_residual: float = 0.3
-    """Bound (radians) on the generator's per-joint rotation residual from a real pose (0.6 gave twisted bodies that made
-    the fine-tuned critic worse on held-out motions)."""
-    target_ratio: float = 1.4
-    """Wanted hardness ratio: critic error on hard samples / on prior samples (PoseAug-style bounded: learnable, not
-    extreme; 2.0 gave samples that made the fine-tuned critic worse)."""
-    hardness_weight: float = 1.0
-    """Weight of the bounded hardness loss."""
-    adversarial_weight: float = 0.3
-    """Weight of the generator's adversarial (plausibility) loss."""
-    limit_weight: float = 1.0
-    """Weight of the knee/elbow joint-limit penalty."""
-    residual_weight: float = 0.05
-    """Weight of the squared pose residual (radians^2): stay near real poses unless it pays."""
-    diversity_weight: float = 0.05
-    """Weight of the mode-seeking term (Mao et al., CVPR 2019) that keeps different noise giving different
-    samples of the same real pose; guards against the mode collapse PoseAug-style GANs are prone to."""
-    min_camera_std: float = 1.0
-    """Floor on the spread of each camera logit (sigmoid space; :class:`~posegen_ns.sampler.HardPoseGenerator`)."""
-    max_camera_mean: float = 2.0
-    """Bound on each camera logit's mean (sigmoid space; 2.0 keeps it within the middle 76 % of each range)."""
-    max_camera_std: float = 2.0
-    """Cap on the spread of each camera logit (sigmoid space): wider spreads pile samples onto the ranges' bounds."""
-    min_azimuth_std: float = 0.5
-    """Floor on the spread (radians) of the azimuth's wrapped normal (full-circle azimuth range)."""
-    max_azimuth_std: float = 2.0
-    """Cap on the spread (radians) of the azimuth's wrapped normal."""
-    reference_momentum: float = 0.9
-    """Momentum of the running critic error on prior samples (the hardness reference)."""
-    prior_stride: int = 4
-    """Frame stride when fitting the shipped mocap for the pose prior."""
-    prior_clips: Optional[Tuple[str, ...]] = None
-    """Clips of the pose prior: motion files (.bvh / AMASS .npz) or names of shipped clips (default: every shipped clip)."""
-    azimuth_range: tuple = (-math.pi, math.pi)
-    """Camera azimuth range (radians) relative to the body's facing direction."""
-    elevation_range: tuple = (-0.25, 0.6)
-    """Camera elevation range (radians)."""
-    distance_range: tuple = (2.4, 3.6)
-    """Camera distance range (metres) from the pelvis."""
-
-    def ranges(self) -> CameraRanges:
-        return CameraRanges(azimuth=tuple(self.azimuth_range), elevation=tuple(self.elevation_range),
-                            distance=tuple(self.distance_range))
 
 
 def prior_clip_paths(clips: Optional[Tuple[str, ...]]) -> Optional[List[Path]]:
@@ -135,40 +81,6 @@ def prior_clip_paths(clips: Optional[Tuple[str, ...]]) -> Optional[List[Path]]:
     if not out:
         raise PoseGenInputError("--pipeline.sampler.prior-clips is empty; name at least one clip or leave it unset.")
     return out
-
-
-@dataclass
-class CriticConfig:
-    """The 3D pose estimator attacked by the loop."""
-
-    name: str = "default"
-    """'default' (an HMR critic pre-trained here on a narrow source pose set, cached) or a name known to
-    ``adapters.load_critic`` (built-ins or the ``posegen.critics`` entry-point group)."""
-    checkpoint: Optional[Path] = None
-    """Checkpoint of the critic (official file for 'spin' / 'hybrik-*')."""
-    body: Optional[str] = None
-    """Body the critic predicts with: an SMPL file for official SPIN/HybrIK weights (default: the run's body;
-    HybrIK checkpoints carry their own SMPL buffers and need none)."""
-    j_regressor_h36m: Optional[Path] = None
-    """SPIN's J_regressor_h36m.npy (with official SMPL files)."""
-    smpl_mean_params: Optional[Path] = None
-    """SPIN's smpl_mean_params.npz (for 'spin' / 'hmr' with official weights)."""
-    h36m_mean_beta: Optional[Path] = None
-    """HybrIK's h36m_mean_beta.npy (optional; the checkpoint's own buffer otherwise)."""
-    python: Optional[Path] = None
-    """Python with mediapipe for 'blazepose' (default: $POSEGEN_BLAZEPOSE_PYTHON)."""
-    es_samples: int = 4
-    """Black-box critics: perturbations per sample for the evolution-strategy gradient (even)."""
-    es_sigma: float = 0.05
-    """Black-box critics: perturbation scale (radians for poses and angles, metres, focal scale)."""
-    pretrain_steps: int = 1000
-    """Steps of pre-training for the default critic (only when it is not cached yet)."""
-    input_size: Optional[int] = None
-    """Crop size (pixels) of the critic's input. Default: 64 for the default critic; for 'spin'/'hmr' what the
-    checkpoint records (224 for SPIN's official file); 256 for HybrIK. Not used by 'blazepose'."""
-    backbone: Optional[str] = None
-    """HMR backbone ('resnet18', 'resnet50', ...) for the default critic (default 'resnet18') and 'spin'/'hmr'
-    (default: what the checkpoint records, 'resnet50' for SPIN's official file)."""
 
 
 @dataclass
@@ -231,28 +143,6 @@ class PoseGenPipelineConfig(VanillaPipelineConfig):
         return ("loop" if within < L else "finetune"), r
 
 
-@dataclass
-class SampleBatch:
-    """Rendered, exactly labelled samples. B samples of H x W pixels."""
-
-    body_pose: torch.Tensor  # (B, 69)
-    global_orient: torch.Tensor  # (B, 3) world
-    transl: torch.Tensor  # (B, 3) metres
-    betas: torch.Tensor  # (B, S)
-    K: torch.Tensor  # (B, 3, 3)
-    R: torch.Tensor  # (B, 3, 3)
-    t: torch.Tensor  # (B, 3)
-    images: torch.Tensor  # (B, H, W, 3) in [0, 1]
-    alpha: torch.Tensor  # (B, H, W, 1)
-    joints_h36m_cam: torch.Tensor  # (B, 17, 3) camera frame metres
-    joints_smpl_cam: torch.Tensor  # (B, 24, 3) camera frame metres
-    joints_h36m_2d: torch.Tensor  # (B, 17, 2) pixels
-    joints_smpl_2d: torch.Tensor  # (B, 24, 2) pixels
-    boxes: torch.Tensor  # (B, 4) xyxy pixels
-    pred_joints: torch.Tensor  # (B, J, 3) critic output, root-relative camera frame
-    error: torch.Tensor  # (B,) critic MPJPE, metres
-
-
 class PoseGenPipeline(VanillaPipeline):
     """See the module docstring. Attributes: ``datamanager``, ``model`` (the field), ``generator``
     and ``discriminator`` (the sampler), ``critic`` (frozen), ``pose_bank`` (real mocap poses)."""
@@ -293,7 +183,7 @@ class PoseGenPipeline(VanillaPipeline):
         self.register_buffer("prior_body_pose", bank.body_pose.float().to(device))
         self.register_buffer("prior_global_orient", bank.global_orient.float().to(device))
         self.register_buffer("reference_error", torch.tensor(float("nan"), device=device))
-        self.critic = self._load_critic(body_source).to(device)
+        self.critic = load_configured_critic(config.critic, body_source).to(device)  # posegen_ns.critic.loading
         for p in self.critic.parameters():
             p.requires_grad_(False)
         self.critic.eval_mode()
@@ -307,8 +197,8 @@ class PoseGenPipeline(VanillaPipeline):
                     "cannot be fine-tuned (it needs trainable weights and SMPL outputs, as hmr/spin); pass 0."
                 )
         self.image_hw = (capture.height, capture.width)
-        # focal length (pixels) at which a 1.75 m person 3 m away fills 75 % of the image height
-        self.base_focal = 0.75 * capture.height * 3.0 / 1.75
+        # the framing rule (posegen_ns.labels): the subject's rest height spans 75 % of the image height at 3 m
+        self.base_focal = framing_focal(subject_height(self.model.body, self.model.betas), capture.height)
         self.noise = torch.Generator(device="cpu").manual_seed(config.seed)
         self.report: Dict[str, Any] = {}
         from posegen_ns.viewer import HardSampleBrowser
@@ -316,30 +206,6 @@ class PoseGenPipeline(VanillaPipeline):
         self.hard_samples = HardSampleBrowser(self)  # the viewer's hard-sample panel (posegen_ns.viewer)
 
     # ------------------------------------------------------------------ setup helpers
-    def _load_critic(self, body_source: str):
-        from adapters.registry import load_critic
-
-        cfg = self.config.critic
-        if cfg.name == "default":
-            from adapters.pretrain import default_critic_checkpoint
-
-            input_size, backbone = cfg.input_size or 64, cfg.backbone or "resnet18"
-            checkpoint = cfg.checkpoint or default_critic_checkpoint(
-                body=body_source, steps=cfg.pretrain_steps, input_size=input_size, backbone=backbone
-            )
-            return load_critic("hmr", checkpoint=checkpoint, body=body_source, backbone=backbone, input_size=input_size)
-        options = {
-            "body": cfg.body, "j_regressor_h36m": cfg.j_regressor_h36m, "smpl_mean_params": cfg.smpl_mean_params,
-            "h36m_mean_beta": cfg.h36m_mean_beta, "python": cfg.python,
-        }
-        if cfg.name in ("hmr", "spin"):
-            options.update(backbone=cfg.backbone, input_size=cfg.input_size)
-        elif cfg.name.startswith("hybrik"):
-            options.update(input_size=cfg.input_size)
-        if cfg.name in ("hmr", "spin") and cfg.body is None:
-            options["body"] = body_source  # HMR needs a body; HybrIK falls back to its checkpoint's SMPL
-        return load_critic(cfg.name, checkpoint=cfg.checkpoint, **{k: v for k, v in options.items() if v is not None})
-
     def make_sampler_networks(self, device: Any) -> Tuple[HardPoseGenerator, PartDiscriminator]:
         """A freshly initialised generator and discriminator as ``config.sampler`` describes them, on ``device``
         (``ns-posegen-experiment --relearn-steps`` re-learns the sampler with them)."""
@@ -374,22 +240,15 @@ class PoseGenPipeline(VanillaPipeline):
         return self
 
     # ------------------------------------------------------------------ sampling
-    def _cameras(self, sample: PoseCameraSample, betas: torch.Tensor):
-        """K, R, t for the sampled camera parameters; orbit about the pelvis, azimuth relative to
-        the body's facing direction (its +z axis, rotated by global_orient)."""
-        B = sample.camera.shape[0]
-        forward = axis_angle_to_matrix(sample.global_orient)[:, :, 2]  # (B, 3)
-        yaw = torch.atan2(forward[:, 0], forward[:, 2])
-        az, el, dist, roll, fscale = sample.camera.unbind(-1)
-        body = self.model.body
-        v_shaped = body.v_template + torch.einsum("vks,bs->bvk", body.smpl.shapedirs[..., : betas.shape[-1]], betas)
-        pelvis = torch.einsum("v,bvk->bk", body.smpl.J_regressor[0], v_shaped)  # transl = 0: pelvis stays here
-        R, t = orbit_extrinsics(yaw + az, el, dist, pelvis, roll)
+    def cameras(self, sample: PoseCameraSample, betas: torch.Tensor):
+        """``K, R, t`` (each ``(B, ...)``) of the sampled camera parameters by the one camera rule
+        (:func:`posegen_ns.labels.orbit_cameras`): orbit the pelvis of the body with ``betas (B, S)``, azimuth
+        from the body's front, focal ``base_focal * focal_scale``. Differentiable in the camera parameters."""
+        cam = CameraRanges.unpack(sample.camera)
+        pelvis = self.model.body.rest_joints(betas)[:, 0]  # transl = 0: the pelvis stays here in every pose
         H, W = self.image_hw
-        K = torch.zeros(B, 3, 3, device=R.device)
-        K[:, 0, 0] = K[:, 1, 1] = self.base_focal * fscale
-        K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = W / 2.0, H / 2.0, 1.0
-        return K, R, t
+        return orbit_cameras(sample.global_orient, pelvis, cam["azimuth"], cam["elevation"], cam["distance"],
+                             self.base_focal * cam["focal_scale"], W, H, roll=cam["roll"])
 
     def draw(self, num: int, hard: bool, noise: Optional[torch.Generator] = None, paired: bool = False) -> PoseCameraSample:
         """Draw (pose, camera) samples: from the generator (``hard``) or from the prior (real mocap
@@ -410,38 +269,13 @@ class PoseGenPipeline(VanillaPipeline):
         return PoseCameraSample(body_pose=pose, global_orient=orient, camera=self.ranges.sample_uniform(num, noise).to(dev))
 
     def render_and_score(self, sample: PoseCameraSample) -> SampleBatch:
-        """Render samples with the field and score them with the critic (differentiable)."""
+        """Render samples with the field and score them with the critic (:func:`posegen_ns.labels.render_and_score`;
+        differentiable through the render into pose and camera)."""
         B = sample.body_pose.shape[0]
         betas = self.model.betas[None].expand(B, -1)
-        K, R, t = self._cameras(sample, betas)
-        transl = torch.zeros(B, 3, device=K.device)
+        K, R, t = self.cameras(sample, betas)
         H, W = self.image_hw
-        out = self.model.render(sample.body_pose, sample.global_orient, transl, K, R, t, W, H, betas=betas)
-        j2d_h36m, j_h36m_cam = project_points(out.body.joints_h36m, K, R, t)
-        j2d_smpl, j_smpl_cam = project_points(out.body.joints, K, R, t)
-        from adapters.crop import boxes_from_joints
-
-        boxes = boxes_from_joints(j2d_smpl.detach(), scale=1.2)
-        pred = self.critic(out.rgb.permute(0, 3, 1, 2), boxes)
-        gt = self._gt_for_critic(j_h36m_cam, j_smpl_cam)
-        err = mpjpe(pred, gt, root=None)
-        return SampleBatch(
-            body_pose=sample.body_pose, global_orient=sample.global_orient, transl=transl, betas=betas, K=K, R=R, t=t,
-            images=out.rgb, alpha=out.alpha, joints_h36m_cam=j_h36m_cam, joints_smpl_cam=j_smpl_cam,
-            joints_h36m_2d=j2d_h36m, joints_smpl_2d=j2d_smpl, boxes=boxes, pred_joints=pred, error=err,
-        )
-
-    def _gt_for_critic(self, j_h36m_cam: torch.Tensor, j_smpl_cam: torch.Tensor) -> torch.Tensor:
-        """Root-relative ground truth in the critic's joint set."""
-        from posegen_ns.body.joint_sets import H36M_TO_LSP14
-
-        js = self.critic.joint_set
-        if js == "h36m17":
-            return j_h36m_cam - j_h36m_cam[:, :1]
-        if js == "smpl24":
-            return j_smpl_cam - j_smpl_cam[:, :1]
-        lsp = j_h36m_cam[:, list(H36M_TO_LSP14)]
-        return lsp - 0.5 * (lsp[:, 2:3] + lsp[:, 3:4])
+        return render_and_score(self.model.render, self.critic, sample.body_pose, sample.global_orient, betas, K, R, t, W, H)
 
     # ------------------------------------------------------------------ training
     def _set_phase(self, phase: str) -> None:
@@ -500,7 +334,7 @@ class PoseGenPipeline(VanillaPipeline):
         return self._source_sampler
 
     def _finetune_step(self):
-        """One critic fine-tuning step (:mod:`posegen_ns.finetune`): fresh hard samples rendered and
+        """One critic fine-tuning step (:mod:`posegen_ns.critic.finetune`): fresh hard samples rendered and
         labelled without gradients, filtered, mixed with source images, SPIN's losses with BatchNorm frozen.
         The trainer's ``critic`` optimizer takes the step."""
         cfg = self.config
@@ -573,13 +407,14 @@ class PoseGenPipeline(VanillaPipeline):
         from adapters.blackbox import es_perturb, es_surrogate
 
         cfg, ccfg = self.config.sampler, self.config.critic
-        x = torch.cat([sample.body_pose, sample.global_orient, sample.camera], -1)  # (B, 77)
+        x = sample.flat()  # (B, 77)
         points, eps = es_perturb(x, ccfg.es_samples, ccfg.es_sigma, generator=self.noise)
         B, K, D = points.shape
         flat = points.reshape(B * K, D)
         lo, hi = self.generator.bounds[:, 0], self.generator.bounds[:, 1]
         with torch.no_grad():
-            perturbed = PoseCameraSample(flat[:, :69], flat[:, 69:72], torch.maximum(torch.minimum(flat[:, 72:], hi), lo))
+            perturbed = PoseCameraSample.from_flat(flat)
+            perturbed.camera = torch.maximum(torch.minimum(perturbed.camera, hi), lo)
             err = self.render_and_score(perturbed).error
             err = torch.nan_to_num(err, nan=float(self.reference_error) * cfg.target_ratio)
             rewards = -bounded_hardness_loss(err, self.reference_error, cfg.target_ratio, reduce=False).reshape(B, K)
@@ -641,7 +476,7 @@ class PoseGenPipeline(VanillaPipeline):
             errors = torch.cat([self.render_and_score(s).error for s in samples])
             out[f"mpjpe_{kind}_mm"] = float(errors.nanmean()) * 1000
             out[f"{kind}_failed_detections"] = float(errors.isnan().float().mean())
-            merged = PoseCameraSample(*(torch.cat([getattr(s, f) for s in samples]) for f in ("body_pose", "global_orient", "camera")))
+            merged = concat_samples(samples)
             out.update({f"{kind}_{k}": v for k, v in self.diversity(merged).items()})
         out["hardness_ratio"] = out["mpjpe_hard_mm"] / out["mpjpe_prior_mm"]
         return out

@@ -49,9 +49,11 @@ from nerfstudio.viewer.viewer_elements import (
     ViewerText,
 )
 
-from posegen_ns.body.joint_sets import H36M_TO_LSP14, SKELETON_PARENTS
+from posegen_ns.body.joint_sets import SKELETON_PARENTS
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.geometry import project_points
+from posegen_ns.labels import root_of, select_joint_set
+from posegen_ns.metrics import root_joint
 
 GT_COLOR: Tuple[int, int, int] = (40, 220, 40)
 """RGB of the ground-truth skeleton."""
@@ -415,9 +417,8 @@ class HardSampleBrowser(torch.nn.Module):
         L = self.batch.labels[kind or self.kind]
         js = self.batch.joint_set
         h36m, smpl = L["joints_h36m_cam"][index], L["joints_smpl_cam"][index]
-        gt_cam = {"h36m17": h36m, "smpl24": smpl, "lsp14": h36m[list(H36M_TO_LSP14)]}[js]
-        rel = self._pipeline._gt_for_critic(torch.from_numpy(h36m)[None], torch.from_numpy(smpl)[None])[0].numpy()
-        root = (gt_cam - rel).mean(0)  # the critic's root in the camera frame
+        gt_cam = select_joint_set(js, h36m[None], smpl[None])[0]
+        root = root_joint(torch.from_numpy(gt_cam)[None], root_of(js))[0, 0].numpy()  # the critic's root, camera frame
         pred_cam = L["critic_pred"][index] + root
         K, R, t = L["K"][index], L["R"][index], L["t"][index]
         out = {"gt_cam": gt_cam, "pred_cam": pred_cam}

@@ -70,9 +70,9 @@ class Scene:
 def build_scene(args: BenchConfig, device: torch.device) -> Scene:
     """The field, pose bank and render function (see the module docstring)."""
     if args.load_config:
-        from nerfstudio.utils.eval_utils import eval_setup
+        from posegen_ns.cli import load_run
 
-        _, pipeline, _, _ = eval_setup(Path(args.load_config), test_mode="inference")
+        pipeline = load_run(args.load_config)
         pipeline.to(device).eval()
         model = pipeline.model
         body = model.body

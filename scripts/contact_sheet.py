@@ -60,11 +60,10 @@ def _draw_skeleton(img: np.ndarray, pts: np.ndarray, bones, color, scale: float)
 @torch.no_grad()
 def contact_sheet(cfg: ContactSheetConfig) -> dict:
     """Write the sheet and return ``{"hard": diversity, "prior": diversity, "errors_mm": [...]}``."""
-    from nerfstudio.utils.eval_utils import eval_setup
-
+    from posegen_ns.cli import load_run
     from posegen_ns.geometry import project_points
 
-    _, pipeline, _, _ = eval_setup(Path(cfg.load_config), test_mode="inference")
+    pipeline = load_run(cfg.load_config)
     pipeline.eval()
     gen = torch.Generator().manual_seed(cfg.seed)
     s = pipeline.render_and_score(pipeline.draw(cfg.num, hard=True, noise=gen))

@@ -32,7 +32,8 @@ import torch
 import tyro
 
 from posegen_ns import experiment as E
-from posegen_ns.finetune import finetune_critic
+from posegen_ns.critic.finetune import finetune_critic
+from posegen_ns.labels import concat_samples
 from posegen_ns.sampler import PoseCameraSample
 
 Draw = Callable[[int, torch.Generator], PoseCameraSample]
@@ -77,7 +78,7 @@ def make_draws(p: Any) -> dict[str, Draw]:
 
     def mined(base: Draw, k: int = 3) -> Draw:
         def draw(n: int, g: torch.Generator) -> PoseCameraSample:
-            cand = E.concat_samples([base(n, g) for _ in range(k)])
+            cand = concat_samples([base(n, g) for _ in range(k)])
             top = p.render_and_score(cand).error.nan_to_num(0.0).topk(n).indices
             return PoseCameraSample(cand.body_pose[top], cand.global_orient[top], cand.camera[top])
 

@@ -67,7 +67,7 @@ def test_round_trip_and_subset(tmp_path):
 
 def test_write_is_atomic(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = capture_mod._write_png
+    real = capture_mod.write_png
 
     def failing(path, array):
         calls["n"] += 1
@@ -75,7 +75,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
             raise OSError("disk full")
         real(path, array)
 
-    monkeypatch.setattr(capture_mod, "_write_png", failing)
+    monkeypatch.setattr(capture_mod, "write_png", failing)
     with pytest.raises(OSError, match="disk full"):
         write_capture(make_capture(), tmp_path / "cap")
     assert calls["n"] >= 5

@@ -8,7 +8,8 @@ from importlib.metadata import entry_points
 import pytest
 import torch
 
-from adapters.crop import boxes_from_joints, crop_and_resize, image_to_crop
+from adapters.crop import crop_and_resize, image_to_crop
+from posegen_ns.labels import boxes_from_joints
 from adapters.hmr import (
     HMR,
     IMG_NORM_MEAN,
@@ -20,7 +21,8 @@ from adapters.hmr import (
     load_spin_checkpoint,
     save_spin_checkpoint,
 )
-from adapters.pretrain import LossWeights, evaluate_critic, pretrain_critic, supervised_losses
+from posegen_ns.critic.evaluation import evaluate_critic, sampler_batches
+from posegen_ns.critic.pretrain import LossWeights, pretrain_critic, supervised_losses
 from adapters.registry import available_critics, load_critic
 from posegen_ns.body import load_body_model
 from posegen_ns.errors import PoseGenInputError
@@ -192,10 +194,32 @@ def test_registry_loads_and_lists(tmp_path, critic):
     assert torch.allclose(loaded(images, boxes), critic.eval_mode()(images, boxes), atol=1e-6)
     # an official-style file (no posegen metadata) needs the SMPL body to be named
     save_spin_checkpoint(critic.hmr, tmp_path / "official.pt", {"epoch": 1})
-    with pytest.raises(PoseGenInputError, match="body=PATH"):
+    with pytest.raises(PoseGenInputError, match="smpl_model_path=PATH"):
         load_critic("hmr", checkpoint=tmp_path / "official.pt")
     with pytest.raises(PoseGenInputError, match="unknown options"):
         load_critic("hmr", bodyy="tiny")
+
+
+def test_one_vocabulary_of_data_files_for_every_critic(tmp_path, critic):
+    """``load_critic(name, checkpoint=..., smpl_model_path=..., smpl_mean_params=..., j_regressor_h36m=...,
+    h36m_mean_beta=...)`` for SPIN/HMR and HybrIK alike; ``body`` stays an alias of ``smpl_model_path``."""
+    from adapters.hybrik import HybrIKCritic
+    from adapters.protocol import DATA_FILES
+
+    assert DATA_FILES == ("smpl_model_path", "smpl_mean_params", "j_regressor_h36m", "h36m_mean_beta")
+    official = save_spin_checkpoint(critic.hmr, tmp_path / "official.pt", {"epoch": 1})  # records no body
+    images, boxes = torch.rand(1, 3, 64, 64), torch.tensor([[0.0, 0, 64, 64]])
+    spin = load_critic("spin", checkpoint=official, smpl_model_path="tiny", backbone="resnet18", input_size=64,
+                       h36m_mean_beta=None)
+    alias = load_critic("spin", checkpoint=official, body="tiny", backbone="resnet18", input_size=64)
+    assert isinstance(spin, HMRCritic) and spin.body.num_betas == alias.body.num_betas
+    assert torch.allclose(spin(images, boxes), alias(images, boxes), atol=1e-6)
+    # every critic accepts every data-file name (ignoring those it does not use)
+    hybrik = load_critic("hybrik-res34", smpl_model_path="tiny", smpl_mean_params=tmp_path / "unused.npz",
+                         input_size=64)
+    assert isinstance(hybrik, HybrIKCritic) and hybrik.body.num_betas == spin.body.num_betas
+    with pytest.raises(PoseGenInputError, match="disagree"):
+        load_critic("hmr", smpl_model_path="tiny", body="open")
 
 
 # ---- pre-training core ---------------------------------------------------------------------
@@ -268,5 +292,5 @@ def test_pretrain_reduces_loss(body):
     assert history[-1]["loss"] < 0.7 * history[0]["loss"]
     assert history[-1]["mpjpe_mm"] < history[0]["mpjpe_mm"]
     assert not critic.training
-    ev = evaluate_critic(critic, sampler, num_samples=10, batch_size=4)
-    assert ev["samples"] == 10 and 0 < ev["mpjpe_mm"] < 1000 and 0 <= ev["pck150"] <= 1
+    ev = evaluate_critic(critic, sampler_batches(sampler, num_samples=10, batch_size=4)).overall()
+    assert ev["num_images"] == 10 and 0 < ev["mpjpe_mm"] < 1000 and 0 <= ev["pck150"] <= 1

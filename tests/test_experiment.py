@@ -226,7 +226,7 @@ def test_bad_sizes_are_refused():
 def test_too_strict_filter_names_the_fix():
     """draw_finetune_set stops with a message naming the options when the filter keeps nothing."""
     from posegen_ns.experiment import draw_finetune_set
-    from posegen_ns.finetune import FinetuneConfig
+    from posegen_ns.critic.finetune import FinetuneConfig
 
     class Scored:  # what render_and_score returns, for 2 samples whose critic error is 2 m
         def __init__(self, n):

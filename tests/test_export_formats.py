@@ -18,7 +18,8 @@ import torch
 
 from posegen_ns.body import load_body_model
 from posegen_ns.body.joint_sets import H36M_JOINT_NAMES
-from posegen_ns.dataset_formats import H36M_TO_SPIN24, SPIN24_JOINT_NAMES, camera_frame_smpl, silhouette_boxes
+from posegen_ns.dataset_formats import H36M_TO_SPIN24, SPIN24_JOINT_NAMES, silhouette_boxes
+from posegen_ns.labels import camera_frame_smpl
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.export import export_samples, merge_shards, sample_seed, shard_batches
 from posegen_ns.geometry import axis_angle_to_matrix

@@ -9,7 +9,7 @@ import torch
 from adapters.hmr import build_hmr_critic
 from posegen_ns.data.source_poses import make_source_sampler
 from posegen_ns.errors import PoseGenInputError
-from posegen_ns.finetune import (
+from posegen_ns.critic.finetune import (
     FinetuneConfig,
     finetune_critic,
     finetune_losses,

@@ -126,6 +126,36 @@ class BodyModel(nn.Module):
     def num_vertices(self) -> int:
         return int(self.smpl.v_template.shape[0])
 
+    @property
+    def shapedirs(self) -> Tensor:
+        """``(V, 3, num_betas)`` shape blend shapes, metres per unit beta."""
+        return self.smpl.shapedirs
+
+    @property
+    def joint_regressor(self) -> Tensor:
+        """``(24, V)`` SMPL-24 joint regressor (rest-pose joints from rest-pose vertices)."""
+        return self.smpl.J_regressor
+
+    # ---- shaped rest pose ---------------------------------------------------------------------
+    def shaped_vertices(self, betas: Tensor) -> Tensor:
+        """Rest-pose vertices ``(B, V, 3)`` (metres, body frame) for ``betas (B, num_betas)``:
+        ``v_template + shapedirs @ betas`` (SMPL's shape blend shapes, before any pose)."""
+        return self.smpl.v_template + blend_shapes(betas.to(self.smpl.v_template), self.smpl.shapedirs)
+
+    def rest_joints(self, betas: Tensor) -> Tensor:
+        """Shaped rest-pose SMPL-24 joints ``(B, 24, 3)`` (metres, body frame) for ``betas (B, num_betas)``.
+        Joint 0 is the pelvis: with ``transl = 0`` it stays at ``rest_joints(betas)[:, 0]`` in every pose
+        (the orbit centre of :func:`posegen_ns.labels.orbit_cameras`)."""
+        return vertices2joints(self.smpl.J_regressor, self.shaped_vertices(betas))
+
+    def rest_joint_basis(self, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """The rest joints as a linear function of betas: ``(J_template (24, 3), J_dirs (24, 3, num_betas))``
+        with ``rest_joints(betas) = J_template + J_dirs @ betas`` (``J_regressor`` applied to
+        ``v_template`` and to ``shapedirs``), computed in ``dtype`` (default the body's)."""
+        dt = dtype or self.smpl.v_template.dtype
+        reg = self.smpl.J_regressor.to(dt)
+        return reg @ self.smpl.v_template.to(dt), torch.einsum("jv,vcb->jcb", reg, self.smpl.shapedirs.to(dt))
+
     # ---- forward -----------------------------------------------------------------------------
     def forward(
         self,
@@ -165,7 +195,7 @@ class BodyModel(nn.Module):
         rot_mats = torch.cat([root_rot, body_rot], dim=1)  # (B, 24, 3, 3)
 
         smpl = self.smpl
-        v_shaped = smpl.v_template + blend_shapes(betas, smpl.shapedirs)
+        v_shaped = self.shaped_vertices(betas)
         rest_joints = vertices2joints(smpl.J_regressor, v_shaped)
         if self.has_pose_correctives:
             ident = torch.eye(3, dtype=dt, device=dev)

@@ -1,7 +1,8 @@
 """Captures and poses: the native capture format, the ZJU-MoCap reader, the default capture, pose banks.
 
 Modules:
-- :mod:`~posegen_ns.data.capture`: :class:`Capture`, :func:`read_capture`, :func:`write_capture`.
+- :mod:`~posegen_ns.data.capture_data`: :class:`Capture` (in memory), its checks, PNG reading and writing.
+- :mod:`~posegen_ns.data.capture`: :func:`read_capture`, :func:`write_capture` (the native format).
 - :mod:`~posegen_ns.data.zju`: :func:`read_zju` (ZJU-MoCap layout).
 - :mod:`~posegen_ns.data.appearance`: how the ground-truth body looks; :func:`render_body`.
 - :mod:`~posegen_ns.data.poses`: :func:`load_pose_bank` (mocap fitted to a body, cached).
@@ -18,7 +19,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Capture": "capture", "read_capture": "capture", "write_capture": "capture",
+    "Capture": "capture_data", "read_capture": "capture", "write_capture": "capture",
     "read_zju": "zju", "zju_to_smpl_params": "zju",
     "BodyAppearance": "appearance", "make_body_appearance": "appearance", "render_body": "appearance",
     "render_vertices": "appearance",

@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import tyro
-
 from posegen_ns.data.default_capture import build_default_capture
 
 
@@ -56,13 +54,9 @@ def main(cfg: CaptureConfig) -> Path:
 
 def entrypoint() -> None:
     """Console script ``ns-posegen-capture``."""
-    from posegen_ns.errors import PoseGenInputError
+    from posegen_ns.cli import run_console_script
 
-    cfg = tyro.cli(CaptureConfig)
-    try:
-        main(cfg)
-    except PoseGenInputError as exc:
-        raise SystemExit(f"ns-posegen-capture: {exc}") from None
+    run_console_script("ns-posegen-capture", CaptureConfig, main)
 
 
 if __name__ == "__main__":

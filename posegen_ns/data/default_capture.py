@@ -34,6 +34,7 @@ import torch
 from posegen_ns.data.appearance import make_body_appearance, render_vertices
 from posegen_ns.data.capture import Capture, write_capture
 from posegen_ns.data.poses import PoseBank, load_pose_bank, motion_files
+from posegen_ns.cli import progress, say_for
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.geometry import intrinsics_from_fov, orbit_extrinsics
 
@@ -179,7 +180,7 @@ def build_default_capture(
         raise PoseGenInputError(
             "build_default_capture: need num_cameras >= 1, resolution >= 8, frame_stride >= 1, max_frames_per_clip >= 1."
         )
-    say = _printer(verbose)
+    say = say_for("posegen-ns", quiet=not verbose)
     t0 = time.perf_counter()
     model = load_body_model(body)
     if mocap_dir is None:
@@ -217,7 +218,7 @@ def build_default_capture(
     pairs = [(i, c) for i in range(N) for c in range(C)]
     say(f"rendering {N} frames x {C} cameras at {resolution}x{resolution} ({len(clips)} clips; held out: {held or 'none'})")
     t1 = time.perf_counter()
-    with _progress(verbose, len(pairs)) as advance:
+    with progress("rendering", len(pairs), quiet=not verbose) as advance:
         for s in range(0, len(pairs), RENDER_CHUNK):
             chunk = pairs[s : s + RENDER_CHUNK]
             fi = torch.tensor([p[0] for p in chunk])
@@ -251,34 +252,3 @@ def default_capture_dir() -> Path:
         print(f"posegen-ns: building the default capture in {path} (open body, shipped CMU clips; once, about 20-60 s)")
         build_default_capture(path, overwrite=True)
     return path
-
-
-def _printer(verbose: bool):
-    if not verbose:
-        return lambda msg: None
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    return lambda msg: console.print(f"[bold]posegen-ns[/bold] {msg}")
-
-
-class _progress:
-    """Context manager yielding ``advance(n)``: a rich progress bar when verbose, else a no-op."""
-
-    def __init__(self, verbose: bool, total: int):
-        self.verbose, self.total, self.bar = verbose, total, None
-
-    def __enter__(self):
-        if not self.verbose:
-            return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
-        self.bar.__enter__()
-        task = self.bar.add_task("rendering", total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-        return False

@@ -11,7 +11,8 @@ seen from the front. Splits:
   :data:`OTHER_ELEVATION_DEG` (out-of-distribution test; where PoseGen should help).
 
 Each image is rendered directly at ``image_size`` with the person centred and filling most of the
-frame: the camera orbits the body's centre at a random distance, and its intrinsics are chosen so that
+frame: the camera orbits the pelvis at a random distance (the camera rule of :mod:`posegen_ns.labels`), and
+its intrinsics are chosen (:func:`posegen_ns.labels.fit_intrinsics`) so that
 the projected body's bounding square spans :data:`FILL` of the image (the equivalent of cropping a
 larger image, so ``K`` differs per image and is returned). Renders use the capture's appearance
 (:mod:`posegen_ns.data.appearance`) and are cached as ``.npz`` in ``cache_dir()/source_images``.
@@ -29,12 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adapters.crop import boxes_from_joints
 from posegen_ns.data.appearance import make_body_appearance, render_vertices
 from posegen_ns.data.default_capture import is_walking_clip
 from posegen_ns.data.poses import PoseBank, body_id, load_pose_bank
 from posegen_ns.errors import PoseGenInputError
-from posegen_ns.geometry import axis_angle_to_matrix, matrix_to_axis_angle, orbit_extrinsics, project_points
+from posegen_ns.geometry import project_points
+from posegen_ns.labels import BOX_SCALE, camera_frame_orient, fit_intrinsics, orbit_cameras, person_boxes, to_camera
 
 SPLITS = ("train", "heldout", "other")
 HELDOUT_EVERY = 5
@@ -43,10 +44,10 @@ SOURCE_ELEVATION_DEG = (-5.0, 15.0)
 OTHER_ELEVATION_DEG = (-15.0, 45.0)
 DISTANCE_M = (2.5, 5.0)
 FILL = 0.85
-BOX_SCALE = 1.2
+
 POSE_STRIDE = 2
 RENDER_CHUNK = 32
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: cameras by posegen_ns.labels (orbit the pelvis, azimuth from the body's front)
 
 SampleBatch = Callable[[int, torch.Generator], dict]
 
@@ -74,30 +75,18 @@ def source_pose_bank(body: Any, split: str) -> PoseBank:
     return bank.select(keep)
 
 
-def _views(num: int, facing: Tensor, split: str, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """Azimuth, elevation (radians) and distance (metres) of ``num`` cameras; ``facing (num,)``."""
+def _views(num: int, split: str, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Azimuth (radians, from the body's front), elevation (radians) and distance (metres) of ``num`` cameras."""
     u = torch.rand(num, 3, generator=gen, dtype=torch.float64)
     if split == "other":
         az = (u[:, 0] * 2 - 1) * math.pi
         lo, hi = OTHER_ELEVATION_DEG
     else:
-        az = facing + (u[:, 0] * 2 - 1) * math.radians(SOURCE_AZIMUTH_DEG)
+        az = (u[:, 0] * 2 - 1) * math.radians(SOURCE_AZIMUTH_DEG)
         lo, hi = SOURCE_ELEVATION_DEG
     el = torch.deg2rad(lo + u[:, 1] * (hi - lo))
     dist = DISTANCE_M[0] + u[:, 2] * (DISTANCE_M[1] - DISTANCE_M[0])
     return az, el, dist
-
-
-def fit_intrinsics(points_cam: Tensor, image_size: int, fill: float = FILL) -> Tensor:
-    """Intrinsics ``K (B, 3, 3)`` that centre ``points_cam (B, N, 3)`` (camera frame, z > 0) in a
-    square image and make their bounding square span ``fill`` of it."""
-    xy = points_cam[..., :2] / points_cam[..., 2:3]  # (B, N, 2) normalised image coordinates
-    lo, hi = xy.amin(1), xy.amax(1)  # (B, 2)
-    f = fill * image_size / (hi - lo).amax(-1).clamp_min(1e-6)  # (B,)
-    c = 0.5 * image_size - f[:, None] * 0.5 * (lo + hi)  # (B, 2)
-    K = torch.zeros(points_cam.shape[0], 3, 3, dtype=points_cam.dtype, device=points_cam.device)
-    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = f, f, c[:, 0], c[:, 1], 1.0
-    return K
 
 
 @torch.no_grad()
@@ -115,18 +104,14 @@ def render_source_set(body, image_size: int, split: str, num_images: int, seed: 
     idx = torch.randint(len(bank), (num_images,), generator=gen)
     go = bank.global_orient[idx].double()
     body_pose = bank.body_pose[idx].float()
-    R_go = axis_angle_to_matrix(go)  # (N, 3, 3)
-    fwd = R_go[:, :, 2]  # body +z (its front) in the world
-    facing = torch.atan2(fwd[:, 0], fwd[:, 2])
-    az, el, dist = _views(num_images, facing, split, gen)
+    az, el, dist = _views(num_images, split, gen)
     betas = torch.zeros(num_images, body.num_betas)
     out = body(body_pose.to(dev), go.float().to(dev), betas.to(dev))  # no translation
     verts, joints = out.vertices.double(), out.joints_h36m.double()
-    centre = 0.5 * (verts.amin(1) + verts.amax(1))  # (N, 3) centre of the body's box
-    az, el, dist, R_go = az.to(dev), el.to(dev), dist.to(dev), R_go.to(dev)
-    R, t = orbit_extrinsics(az, el, dist, centre)
-    verts_cam = torch.einsum("bij,bvj->bvi", R, verts) + t[:, None]
-    K = fit_intrinsics(verts_cam, image_size)
+    go = go.to(dev)
+    _, R, t = orbit_cameras(go, out.joints[:, 0].double(), az.to(dev), el.to(dev), dist.to(dev), torch.ones_like(dist).to(dev),
+                            image_size, image_size)  # the one camera rule; K: tight framing below
+    K = fit_intrinsics(to_camera(verts, R, t), image_size, FILL)
     uv, joints_cam = project_points(joints, K, R, t)
     appearance = make_body_appearance(body)
     images = np.zeros((num_images, image_size, image_size, 3), dtype=np.uint8)
@@ -139,10 +124,10 @@ def render_source_set(body, image_size: int, split: str, num_images: int, seed: 
     return {
         "images": images,
         "masks": masks,
-        "boxes": boxes_from_joints(uv, scale=BOX_SCALE).float().cpu().numpy(),
+        "boxes": person_boxes(uv, scale=BOX_SCALE).float().cpu().numpy(),
         "joints_h36m_cam": joints_cam.float().cpu().numpy(),
         "body_pose": body_pose.numpy(),
-        "global_orient_cam": matrix_to_axis_angle(R @ R_go).float().cpu().numpy(),
+        "global_orient_cam": camera_frame_orient(go, R).float().cpu().numpy(),
         "betas": betas.float().numpy(),
         "K": K.float().cpu().numpy(),
     }
@@ -154,20 +139,36 @@ def _cache_root() -> Path:
     return cache_dir() / "source_images"
 
 
-def source_cache_path(body, image_size: int, split: str, num_images: int, seed: int) -> Path:
-    """``cache_dir()/source_images/<body-id>-<split>-s<size>-n<count>-seed<seed>-v1.npz``."""
+SOURCE_KINDS = ("narrow", "h36m")
+"""Source sets: ``"narrow"`` (this module: walking, frontal views; the default) and ``"h36m"``
+(:mod:`posegen_ns.data.h36m_source`: Human3.6M-like actions, cameras and subjects)."""
+
+_BATCH_KEYS = ("images", "boxes", "joints_h36m_cam", "body_pose", "global_orient_cam", "betas", "K")
+
+
+def source_cache_path(body, image_size: int, split: str, num_images: int, seed: int, kind: str = "narrow") -> Path:
+    """``cache_dir()/source_images/<body-id>-<split>-s<size>-n<count>-seed<seed>-v<version>.npz`` for the
+    ``"narrow"`` kind; ``<body-id>-h36m-<split>-...-v<H36M_CACHE_VERSION>.npz`` for ``"h36m"``."""
+    if kind == "h36m":
+        from posegen_ns.data.h36m_source import H36M_CACHE_VERSION
+
+        return _cache_root() / f"{body_id(body)}-h36m-{split}-s{image_size}-n{num_images}-seed{seed}-v{H36M_CACHE_VERSION}.npz"
     return _cache_root() / f"{body_id(body)}-{split}-s{image_size}-n{num_images}-seed{seed}-v{_CACHE_VERSION}.npz"
 
 
-def make_source_sampler(body: Any, image_size: int, split: str, num_images: int = 2000, seed: int = 0) -> SampleBatch:
+def make_source_sampler(
+    body: Any, image_size: int, split: str, num_images: int = 2000, seed: int = 0, kind: str = "narrow"
+) -> SampleBatch:
     """Render (once, cached) a split of the source set and return a batch sampler over it.
 
     Args:
         body: :class:`~posegen_ns.body.BodyModel` or body source name / SMPL path.
         image_size: image side S, pixels.
-        split: ``"train"``, ``"heldout"`` or ``"other"`` (module docstring).
+        split: ``"train"``, ``"heldout"`` or ``"other"`` (module docstring); the ``"h36m"`` kind also has
+            ``"other_motions"`` and ``"other_views"`` (:data:`posegen_ns.data.h36m_source.H36M_SPLITS`).
         num_images: images rendered for the split.
         seed: pose and view sampling.
+        kind: which source set (:data:`SOURCE_KINDS`); ``"narrow"`` is the default critic's.
 
     Returns:
         ``sample(batch_size, generator) -> dict`` with (B = batch_size) ``images (B, 3, S, S)`` float
@@ -180,14 +181,18 @@ def make_source_sampler(body: Any, image_size: int, split: str, num_images: int 
         PoseGenInputError: unknown split or bad sizes.
     """
     from posegen_ns.body import BodyModel, load_body_model
+    from posegen_ns.data.h36m_source import H36M_SPLITS, render_h36m_set
 
-    if split not in SPLITS:
-        raise PoseGenInputError(f"make_source_sampler: split {split!r} is not one of {SPLITS}.")
+    if kind not in SOURCE_KINDS:
+        raise PoseGenInputError(f"make_source_sampler: kind {kind!r} is not one of {SOURCE_KINDS}.")
+    splits = H36M_SPLITS if kind == "h36m" else SPLITS
+    if split not in splits:
+        raise PoseGenInputError(f"make_source_sampler: split {split!r} is not one of {splits}.")
     if image_size < 8 or num_images < 1:
         raise PoseGenInputError("make_source_sampler: need image_size >= 8 and num_images >= 1.")
     if not isinstance(body, BodyModel):
         body = load_body_model(body)
-    path = source_cache_path(body, image_size, split, num_images, seed)
+    path = source_cache_path(body, image_size, split, num_images, seed, kind)
     data = None
     if path.is_file():
         try:
@@ -196,13 +201,14 @@ def make_source_sampler(body: Any, image_size: int, split: str, num_images: int 
         except Exception:  # noqa: BLE001 - a damaged cache is re-rendered
             data = None
     if data is None:
-        print(f"posegen-ns: rendering {num_images} '{split}' source images at {image_size}px (cached in {path.parent})")
-        data = render_source_set(body, image_size, split, num_images, seed)
+        print(f"posegen-ns: rendering {num_images} '{split}' {kind} source images at {image_size}px (cached in {path.parent})")
+        render = render_h36m_set if kind == "h36m" else render_source_set
+        data = render(body, image_size, split, num_images, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
         np.savez_compressed(tmp, **data)
         os.replace(tmp, path)
-    tensors = {k: torch.from_numpy(v) for k, v in data.items() if k != "masks"}
+    tensors = {k: torch.from_numpy(data[k]) for k in _BATCH_KEYS}
     n = tensors["images"].shape[0]
 
     def sample(batch_size: int, generator: torch.Generator) -> dict:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from posegen_ns.data.capture import Capture, read_image
+from posegen_ns.data.capture_data import Capture, read_image
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.geometry import axis_angle_to_matrix, matrix_to_axis_angle
 

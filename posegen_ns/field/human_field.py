@@ -150,7 +150,7 @@ class HumanGaussians(nn.Module):
         w = lambda x: (x[corner] * bary[..., None]).sum(1)  # noqa: E731 - barycentric interpolation
         means = w(verts)
         weights = w(body.lbs_weights.detach().float().cpu())
-        shapedirs = body.smpl.shapedirs.detach().float().cpu()  # (V, 3, S)
+        shapedirs = body.shapedirs.detach().float().cpu()  # (V, 3, S)
         sd = (shapedirs[corner] * bary[..., None, None]).sum(1)  # (N, 3, S)
         if init_scale is None:
             tri = verts[faces]

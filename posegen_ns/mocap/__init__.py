@@ -36,7 +36,7 @@ from posegen_ns.mocap.fit import FitConfig, FitResult, JointsOnlyBody, fit_joint
 from posegen_ns.mocap.rigs import RIGS, Rig, check_left_right, detect_rig, detect_unit_scale
 
 __all__ = [
-    "Motion", "load_motion", "load_motion_dir", "shipped_clips_dir", "clip_category", "clip_info",
+    "Motion", "load_motion", "load_motion_dir", "shipped_clips_dir", "clip_category", "clip_info", "manifest_for",
     "bvh_targets", "FitConfig", "FitResult", "fit_joints", "read_bvh", "forward_kinematics", "RIGS", "Rig",
     "detect_rig", "read_amass_npz", "write_amass_npz",
 ]
@@ -94,6 +94,18 @@ def _manifests_for(path: Path) -> list[Path]:
         if m.is_file() and m not in out:
             out.append(m)
     return out
+
+
+def manifest_for(poses: str | Path) -> Path | None:
+    """The ``manifest.csv`` describing the motion files of ``poses`` (a folder or one file): in that folder
+    (the file's folder) or the one above it; None if there is none (the shipped manifest is always searched
+    by :func:`clip_info`)."""
+    poses = Path(poses).expanduser()
+    base = poses.parent if poses.is_file() else poses
+    for d in (base, base.parent):
+        if (d / "manifest.csv").is_file():
+            return d / "manifest.csv"
+    return None
 
 
 def clip_info(name: str | Path, manifest: str | Path | None = None) -> dict[str, str] | None:

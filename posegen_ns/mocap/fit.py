@@ -139,14 +139,11 @@ class JointsOnlyBody:
     """
 
     def __init__(self, body: BodyModel, dtype: torch.dtype = torch.float32):
-        smpl = body.smpl
         with torch.no_grad():
-            reg = smpl.J_regressor.detach().cpu().to(torch.float64)  # (24, V)
-            self.j_template = (reg @ smpl.v_template.detach().cpu().to(torch.float64)).to(dtype)  # (24, 3)
-            self.j_dirs = torch.einsum(
-                "jv,vcb->jcb", reg, smpl.shapedirs.detach().cpu().to(torch.float64)
-            ).to(dtype)  # (24, 3, nb)
-        self.parents = smpl.parents.detach().cpu()
+            j_template, j_dirs = body.rest_joint_basis(torch.float64)
+            self.j_template = j_template.detach().cpu().to(dtype)  # (24, 3)
+            self.j_dirs = j_dirs.detach().cpu().to(dtype)  # (24, 3, nb)
+        self.parents = body.parents.detach().cpu()
         self.num_betas = body.num_betas
         self.dtype = dtype
 

@@ -32,9 +32,17 @@ from torch import Tensor, nn
 from posegen_ns.geometry import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rot6d
 
 
+CAMERA_PARAMS: tuple[str, ...] = ("azimuth", "elevation", "distance", "roll", "focal_scale")
+"""The sampled camera's parameters, in the column order of ``PoseCameraSample.camera (B, 5)``: azimuth
+(radians about world +y from the body's front), elevation (radians above the horizontal), distance
+(metres from the pelvis), roll (radians about the optical axis), focal_scale (factor on the framing focal
+length). :func:`posegen_ns.labels.orbit_cameras` turns them into K, R, t."""
+
+
 @dataclass
 class CameraRanges:
-    """Ranges of the camera distribution (radians, metres). Azimuth 0 is in front of the body."""
+    """Ranges of the camera distribution (radians, metres). Azimuth 0 is in front of the body.
+    Fields in :data:`CAMERA_PARAMS` order."""
 
     azimuth: tuple[float, float] = (-math.pi, math.pi)
     elevation: tuple[float, float] = (-0.25, 0.6)
@@ -42,8 +50,32 @@ class CameraRanges:
     roll: tuple[float, float] = (-0.3, 0.3)
     focal_scale: tuple[float, float] = (0.85, 1.15)
 
-    def names(self) -> tuple[str, ...]:
-        return ("azimuth", "elevation", "distance", "roll", "focal_scale")
+    @staticmethod
+    def names() -> tuple[str, ...]:
+        """:data:`CAMERA_PARAMS`: the column names of a ``(B, 5)`` camera tensor."""
+        return CAMERA_PARAMS
+
+    @staticmethod
+    def unpack(camera: Tensor) -> dict[str, Tensor]:
+        """``camera (B, 5)`` -> ``{name: (B,)}`` by :data:`CAMERA_PARAMS` (views, differentiable).
+
+        Raises:
+            ValueError: not 5 columns.
+        """
+        if camera.shape[-1] != len(CAMERA_PARAMS):
+            raise ValueError(f"a camera tensor has {len(CAMERA_PARAMS)} columns {CAMERA_PARAMS}; got shape {tuple(camera.shape)}")
+        return dict(zip(CAMERA_PARAMS, camera.unbind(-1)))
+
+    @staticmethod
+    def pack(**params: Tensor) -> Tensor:
+        """``{name: (B,)}`` for every name of :data:`CAMERA_PARAMS` -> ``camera (B, 5)``.
+
+        Raises:
+            ValueError: a missing or unknown name.
+        """
+        if set(params) != set(CAMERA_PARAMS):
+            raise ValueError(f"camera parameters must be exactly {CAMERA_PARAMS}; got {sorted(params)}")
+        return torch.stack([torch.as_tensor(params[n]) for n in CAMERA_PARAMS], -1)
 
     def bounds(self) -> Tensor:
         """``(5, 2)`` lower/upper bounds in :meth:`names` order."""
@@ -64,6 +96,17 @@ class PoseCameraSample:
     camera: Tensor  # (B, 5) azimuth, elevation, distance, roll, focal_scale (see CameraRanges)
     residual: Tensor | None = None  # (B, 24, 3) rotation residual the generator applied (root first), radians
     noise: Tensor | None = None  # (B, noise_dim) the generator's noise input
+
+    POSE_DIM = 72  # global_orient (3) + body_pose (69) in :meth:`flat`
+
+    def flat(self) -> Tensor:
+        """``(B, 77)``: ``[body_pose (69), global_orient (3), camera (5)]`` (the black-box sampler's search space)."""
+        return torch.cat([self.body_pose, self.global_orient, self.camera], -1)
+
+    @classmethod
+    def from_flat(cls, x: Tensor) -> "PoseCameraSample":
+        """Inverse of :meth:`flat`: ``x (B, 77)`` -> a sample (no residual or noise)."""
+        return cls(body_pose=x[:, :69], global_orient=x[:, 69 : cls.POSE_DIM], camera=x[:, cls.POSE_DIM :])
 
 
 class HardPoseGenerator(nn.Module):

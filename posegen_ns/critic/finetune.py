@@ -4,7 +4,7 @@ PoseGen (Gholami et al., AAAI 2024; released code ``mgholamikn/PoseGen``) fine-t
 estimator on its rendered hard samples mixed with real training data, drops unusable samples, and
 keeps BatchNorm frozen. Here:
 
-- **Losses**: SPIN's supervised terms, :func:`adapters.pretrain.supervised_losses` (3D joints, 24
+- **Losses**: SPIN's supervised terms, :func:`posegen_ns.critic.pretrain.supervised_losses` (3D joints, 24
   rotation matrices, betas, 2D keypoints in crop coordinates and the camera-scale regulariser), the
   same function that pre-trained the critic.
 - **Mixing**: every step uses one batch of samples and ``source_fraction`` of its images from the
@@ -20,7 +20,7 @@ keeps BatchNorm frozen. Here:
   critic's loss in the same spirit). ``min_error_mm`` optionally keeps only samples the critic gets
   wrong, as the release does (``loss >= 0.02``).
 
-Batch dictionaries use :mod:`adapters.pretrain`'s layout (B images of H x W pixels):
+Batch dictionaries use :mod:`posegen_ns.critic.pretrain`'s layout (B images of H x W pixels):
 ``images (B, 3, H, W)`` in [0, 1]; ``boxes (B, 4)`` xyxy pixels; ``joints_h36m_cam (B, 17, 3)``
 camera frame (OpenCV axes), metres; ``body_pose (B, 69)``; ``global_orient_cam (B, 3)`` axis-angle in
 the camera frame; ``betas (B, nb)``; optional ``joints_2d (B, 17, 2)`` pixels or ``K (B, 3, 3)``;
@@ -36,9 +36,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adapters.pretrain import LossWeights, SampleBatch, supervised_losses
+from posegen_ns.critic.pretrain import LossWeights, SampleBatch, supervised_losses
 from posegen_ns.errors import PoseGenInputError
-from posegen_ns.geometry import axis_angle_to_matrix, matrix_to_axis_angle, project_points
+from posegen_ns.geometry import project_points
+from posegen_ns.labels import camera_frame_orient
 
 FILTER_REASONS: tuple[str, ...] = ("non_finite", "joints_outside", "box_outside", "error_above", "error_below")
 """Reasons :func:`outlier_mask` drops a sample, in the order they are checked (``non_finite`` also counts
@@ -62,7 +63,7 @@ class FinetuneConfig:
     max_box_outside: float = 0.3
     """Drop samples whose critic box has more than this fraction of its area outside the image."""
     weights: LossWeights = field(default_factory=LossWeights)
-    """SPIN's supervised loss weights (:class:`adapters.pretrain.LossWeights`)."""
+    """SPIN's supervised loss weights (:class:`posegen_ns.critic.pretrain.LossWeights`)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.source_fraction < 1.0:
@@ -105,14 +106,14 @@ class FinetuneStats:
 
 
 def batch_from_samples(samples: Any, num_betas: int) -> dict[str, Tensor]:
-    """A :class:`posegen_ns.pipeline.SampleBatch` as a fine-tuning batch dict (module docstring), detached.
+    """A :class:`posegen_ns.labels.SampleBatch` as a fine-tuning batch dict (module docstring), detached.
 
     ``global_orient_cam = R R(global_orient)`` as axis-angle (the sample's world orientation seen by its
     camera); ``betas`` cut or zero-padded to the critic body's ``num_betas``; ``joints_2d`` are the
     projected H36M-17 joints (pixels of ``images``); ``error`` the critic's MPJPE (metres).
     """
     B = samples.images.shape[0]
-    go_cam = matrix_to_axis_angle(samples.R @ axis_angle_to_matrix(samples.global_orient))
+    go_cam = camera_frame_orient(samples.global_orient, samples.R)
     betas = samples.betas[:, :num_betas]
     if betas.shape[1] < num_betas:
         betas = torch.cat([betas, betas.new_zeros(B, num_betas - betas.shape[1])], 1)
@@ -190,7 +191,7 @@ def source_count(num_samples: int, source_fraction: float) -> int:
 def finetune_losses(
     critic: Any, batch: dict[str, Tensor] | None, source_batch: dict[str, Tensor] | None, weights: LossWeights
 ) -> dict[str, Tensor]:
-    """SPIN's supervised losses (:func:`adapters.pretrain.supervised_losses`) of the critic on a
+    """SPIN's supervised losses (:func:`posegen_ns.critic.pretrain.supervised_losses`) of the critic on a
     (filtered) sample batch and a source batch, each term averaged weighted by image count.
 
     Args:

@@ -3,7 +3,9 @@
 The default critic stands in for an estimator trained on a limited public dataset: it is trained
 on renders of a narrow "source" pose set and evaluated on held-out source poses and on all other
 shipped mocap. This module holds the training core, independent of how images are made
-(``sample_batch``), and the console script ``ns-posegen-pretrain-critic``.
+(``sample_batch``), the console script ``ns-posegen-pretrain-critic`` and the cached default critic
+(:func:`default_critic_checkpoint`). Scores on held-out renders come from
+:func:`posegen_ns.critic.evaluation.evaluate_critic`.
 
 ``sample_batch(batch_size, generator) -> dict`` returns (B = batch_size):
     ``images`` (B, 3, H, W) RGB in [0, 1]; ``boxes`` (B, 4) xyxy pixels;
@@ -24,6 +26,7 @@ unsupervised (the critic's 3D output does not use it).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +37,11 @@ from torch import Tensor
 
 from adapters.crop import image_to_crop
 from adapters.hmr import HMRCritic, HMRPrediction, build_hmr_critic, default_critic_path, save_spin_checkpoint
+from posegen_ns.cli import progress as cli_progress
+from posegen_ns.cli import run_console_script
+from posegen_ns.critic.evaluation import evaluate_critic, sampler_batches
 from posegen_ns.geometry import axis_angle_to_matrix, project_points
-from posegen_ns.metrics import auc, mpjpe, pa_mpjpe, pck
+from posegen_ns.metrics import mpjpe, pa_mpjpe
 
 SampleBatch = Callable[[int, torch.Generator], dict]
 """``sample_batch(batch_size, generator) -> dict`` (keys in the module docstring)."""
@@ -99,6 +105,7 @@ def pretrain_critic(
     weights: LossWeights | None = None,
     freeze_bn: bool = False,
     history: list[dict[str, float]] | None = None,
+    on_window: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> dict[str, float]:
     """Train ``critic.hmr`` with Adam on batches from ``sample_batch``.
 
@@ -113,13 +120,15 @@ def pretrain_critic(
         freeze_bn: use ``critic.train_mode()`` (frozen BatchNorm statistics, for fine-tuning a
             pre-trained network) instead of ``critic.train()`` (needed from scratch).
         history: if given, one dict per window is appended (step, losses, mpjpe_mm, pa_mpjpe_mm).
+        on_window: if given, called as ``on_window(step, metrics)`` after each logged window (it may
+            evaluate the critic; the train/BatchNorm mode is restored afterwards); returning True stops
+            training there (e.g. a held-out target reached). ``metrics`` may be updated in place (it is
+            the ``history`` row).
 
     Returns:
         Metrics of the last window: ``loss`` and each loss term, ``mpjpe_mm``, ``pa_mpjpe_mm``
         (on the training batches, root-relative H36M-17), ``steps``. The critic is left in eval mode.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     weights = weights or LossWeights()
     device = next(critic.hmr.parameters()).device
     opt = torch.optim.Adam(critic.hmr.parameters(), lr=lr)
@@ -128,10 +137,7 @@ def pretrain_critic(
     window: dict[str, float] = {}
     count = 0
     last: dict[str, float] = {}
-    columns = [TextColumn("pretrain critic"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("{task.fields[info]}")]
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("pretrain", total=steps, info="")
+    with cli_progress("pretrain critic", steps, quiet=not progress) as advance:
         for step in range(1, steps + 1):
             batch = _to(sample_batch(batch_size, gen), device)
             pred = critic.predict(batch["images"], batch["boxes"])
@@ -150,38 +156,22 @@ def pretrain_critic(
             if step % log_every == 0 or step == steps:
                 last = {k: v / count for k, v in window.items()}
                 last["steps"] = step
+                if on_window is not None:
+                    stop = bool(on_window(step, last))
+                    critic.train_mode() if freeze_bn else critic.train()
+                else:
+                    stop = False
                 if history is not None:
                     history.append(dict(last))
                 window, count = {}, 0
-                info = f"loss {last['loss']:.4f}  MPJPE {last['mpjpe_mm']:.1f} mm  PA {last['pa_mpjpe_mm']:.1f} mm"
-                bar.update(task, info=info)
-            bar.advance(task)
+                if stop:
+                    advance(steps - step + 1, f"stopped at step {step}")
+                    break
+                advance(1, f"loss {last['loss']:.4f}  MPJPE {last['mpjpe_mm']:.1f} mm  PA {last['pa_mpjpe_mm']:.1f} mm")
+            else:
+                advance(1)
     critic.eval_mode()
     return last
-
-
-@torch.no_grad()
-def evaluate_critic(
-    critic: HMRCritic, sample_batch: SampleBatch, num_samples: int, batch_size: int = 32, seed: int = 1
-) -> dict[str, float]:
-    """Mean MPJPE / PA-MPJPE (mm), PCK@150 mm and AUC of ``critic`` (eval mode) on
-    ``num_samples`` samples (H36M-17, root-relative)."""
-    critic.eval_mode()
-    device = next(critic.hmr.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    sums = {"mpjpe_mm": 0.0, "pa_mpjpe_mm": 0.0, "pck150": 0.0, "auc": 0.0}
-    done = 0
-    while done < num_samples:
-        n = min(batch_size, num_samples - done)
-        batch = _to(sample_batch(n, gen), device)
-        pred = critic(batch["images"], batch["boxes"])
-        gt = batch["joints_h36m_cam"]
-        sums["mpjpe_mm"] += 1000.0 * float(mpjpe(pred, gt).sum())
-        sums["pa_mpjpe_mm"] += 1000.0 * float(pa_mpjpe(pred, gt).sum())
-        sums["pck150"] += float(pck(pred, gt).sum())
-        sums["auc"] += float(auc(pred, gt).sum())
-        done += n
-    return {k: v / max(done, 1) for k, v in sums.items()} | {"samples": float(done)}
 
 
 # ---- console script -------------------------------------------------------------------------
@@ -217,15 +207,24 @@ class PretrainCriticConfig:
     """Seed of the sample generator and of the network initialisation."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     """Torch device."""
+    source: Literal["narrow", "h36m"] = "narrow"
+    """Source set (:data:`posegen_ns.data.source_poses.SOURCE_KINDS`): 'narrow' (walking, frontal views: the
+    default critic) or 'h36m' (:mod:`posegen_ns.data.h36m_source`: H36M-like actions, four cameras, several
+    subjects: a critic like SPIN; also scored on its 'other_motions' and 'other_views' splits)."""
+    eval_every: int = 0
+    """Score the held-out split every this many steps (a multiple of ``log_every``; 0: only at the end); the
+    curve is printed and kept in the checkpoint's metadata (``curve``)."""
+    target_mpjpe_mm: float = 0.0
+    """Stop once the held-out MPJPE (at an ``eval_every`` check) is at most this (0: run all ``steps``)."""
 
 
 def run_pretrain(cfg: PretrainCriticConfig) -> dict[str, dict[str, float]]:
     """Train, save and evaluate the default critic; returns ``{'train'|'heldout'|'other': metrics}``."""
-    # Hook: the image source (renders of the default capture body in source poses) lives in
-    # posegen_ns.data; imported lazily so this module works without it.
-    from posegen_ns.data.source_poses import make_source_sampler
+    # the image source (renders of the default capture body in source poses): imported here, as it loads the
+    # mesh renderer, which fine-tuning and loss computations do not need
     from adapters.hmr import load_backbone_weights
     from posegen_ns.body import load_body_model
+    from posegen_ns.data.source_poses import make_source_sampler
 
     torch.manual_seed(cfg.seed)
     body = load_body_model(cfg.body)
@@ -233,42 +232,63 @@ def run_pretrain(cfg: PretrainCriticConfig) -> dict[str, dict[str, float]]:
     if cfg.backbone_weights is not None:
         load_backbone_weights(critic.hmr, cfg.backbone_weights)
     critic.to(cfg.device)
-    train = pretrain_critic(
-        critic, make_source_sampler(body, cfg.image_size, "train", num_images=cfg.num_images), cfg.steps, cfg.lr, cfg.batch_size,
-        cfg.log_every, seed=cfg.seed,
-    )
+    splits = ("heldout", "other", "other_motions", "other_views") if cfg.source == "h36m" else ("heldout", "other")
+    samplers = {split: make_source_sampler(body, cfg.image_size, split, num_images=cfg.eval_samples, kind=cfg.source)
+                for split in splits}
+    train_sampler = make_source_sampler(body, cfg.image_size, "train", num_images=cfg.num_images, kind=cfg.source)
+
+    def score(split: str) -> dict[str, float]:
+        batches = sampler_batches(samplers[split], cfg.eval_samples, cfg.batch_size, seed=cfg.seed + 1)
+        return evaluate_critic(critic, batches).overall()
+
+    curve: list[dict[str, float]] = []
+    start = time.perf_counter()
+
+    def on_window(step: int, metrics: dict[str, float]) -> bool:
+        if cfg.eval_every <= 0 or step % cfg.eval_every:
+            return False
+        held = score("heldout")
+        curve.append({"steps": step, "train_seconds": time.perf_counter() - start, "heldout_mpjpe_mm": held["mpjpe_mm"],
+                      "heldout_pa_mpjpe_mm": held["pa_mpjpe_mm"], "train_mpjpe_mm": metrics["mpjpe_mm"]})
+        print(f"step {step}: held-out MPJPE {held['mpjpe_mm']:.1f} mm  PA-MPJPE {held['pa_mpjpe_mm']:.1f} mm  "
+              f"({curve[-1]['train_seconds']:.0f} s of training and checks)", flush=True)
+        return cfg.target_mpjpe_mm > 0 and held["mpjpe_mm"] <= cfg.target_mpjpe_mm
+
+    train = pretrain_critic(critic, train_sampler, cfg.steps, cfg.lr, cfg.batch_size, cfg.log_every, seed=cfg.seed,
+                            on_window=on_window)
+    train["seconds"] = time.perf_counter() - start
     results = {"train": train}
-    for split in ("heldout", "other"):
-        results[split] = evaluate_critic(critic, make_source_sampler(body, cfg.image_size, split, num_images=cfg.eval_samples), cfg.eval_samples,
-                                         cfg.batch_size, seed=cfg.seed + 1)
-    meta = {"backbone": cfg.backbone, "input_size": cfg.input_size, "body": cfg.body, "steps": cfg.steps,
-            "image_size": cfg.image_size, "metrics": results}
+    for split in splits:
+        results[split] = score(split)
+    meta = {"backbone": cfg.backbone, "input_size": cfg.input_size, "body": cfg.body, "steps": int(train.get("steps", cfg.steps)),
+            "image_size": cfg.image_size, "source": cfg.source, "metrics": results, "curve": curve}
     save_spin_checkpoint(critic.hmr, cfg.output, {"posegen": meta})
     print(f"saved {cfg.output}")
-    for split in ("heldout", "other"):
+    for split in splits:
         m = results[split]
         print(f"{split:>8}: MPJPE {m['mpjpe_mm']:.1f} mm  PA-MPJPE {m['pa_mpjpe_mm']:.1f} mm  "
-              f"PCK@150 {100 * m['pck150']:.1f} %  AUC {m['auc']:.3f}  ({int(m['samples'])} samples)")
+              f"PCK@150 {100 * m['pck150']:.1f} %  AUC {m['auc']:.3f}  ({m['num_images']} samples)")
     return results
 
 
 def entrypoint() -> None:
     """Console script ``ns-posegen-pretrain-critic``."""
-    import tyro
-
-    run_pretrain(tyro.cli(PretrainCriticConfig))
+    run_console_script("ns-posegen-pretrain-critic", PretrainCriticConfig, run_pretrain)
 
 
 def default_critic_checkpoint(
-    body: str = "open", steps: int = 600, input_size: int = 64, backbone: str = "resnet18", batch_size: int = 16,
-    eval_samples: int = 128, num_images: int = 1500,
+    body: str, steps: int, input_size: int, backbone: str, batch_size: int = 16, eval_samples: int = 128,
+    num_images: int = 1500, source: str = "narrow",
 ) -> Path:
     """The default critic for ``body``, pre-trained once and cached.
 
-    Used by ``ns-train posegen-human`` when no critic is given: the checkpoint lives in
+    Used for the critic ``'default'`` (:func:`posegen_ns.critic.loading.load_configured_critic`, whose
+    :class:`~posegen_ns.critic.loading.CriticConfig` holds the defaults of ``steps``, ``input_size`` and
+    ``backbone``) by ``ns-train posegen-human`` and ``ns-posegen-eval``: the checkpoint lives in
     ``cache_dir()/critics/`` under a name made of the body file's hash and the settings, and is
     trained on first use with :func:`run_pretrain` (renders of the source pose set at
-    ``1.5 * input_size`` pixels). Returns its path.
+    ``1.5 * input_size`` pixels). ``source`` picks the source set (:class:`PretrainCriticConfig`); a
+    non-default one is part of the file name. Returns its path.
     """
     import hashlib
 
@@ -276,12 +296,13 @@ def default_critic_checkpoint(
     from posegen_ns.body.smpl_files import cache_dir
 
     body_id = hashlib.sha1(Path(body_model_path(body)).read_bytes()).hexdigest()[:10]
-    path = cache_dir() / "critics" / f"default-{body_id}-{backbone}-{input_size}px-{steps}steps.pt"
+    kind = "" if source == "narrow" else f"{source}-"
+    path = cache_dir() / "critics" / f"default-{kind}{body_id}-{backbone}-{input_size}px-{steps}steps.pt"
     if not path.is_file():
-        print(f"pre-training the default critic ({backbone}, {input_size} px, {steps} steps) -> {path}")
+        print(f"pre-training the default critic ({source} source, {backbone}, {input_size} px, {steps} steps) -> {path}")
         run_pretrain(PretrainCriticConfig(
             output=path, body=str(body), backbone=backbone, input_size=input_size, image_size=int(1.5 * input_size),
             steps=steps, batch_size=batch_size, lr=3e-4, log_every=max(1, steps // 20), eval_samples=eval_samples,
-            num_images=num_images,
+            num_images=num_images, source=source,
         ))
     return path

@@ -1,0 +1,130 @@
+"""Which critic a run or an evaluation uses: one policy, :func:`load_configured_critic`.
+
+``ns-train posegen-human`` (``--pipeline.critic.*``, :class:`CriticConfig`) and ``ns-posegen-eval``
+(``--critic``, ``--checkpoint``, ``--critic-body``, ... mapped onto a :class:`CriticConfig`) load their
+critic here, with the same defaults:
+
+- ``name='default'``: an HMR critic (``backbone`` default ``resnet18``, ``input_size`` default 64 px)
+  pre-trained by :func:`posegen_ns.critic.pretrain.default_critic_checkpoint` for ``pretrain_steps`` steps
+  (default 1000) on the source pose set rendered with the critic's body, cached; or ``checkpoint`` if given.
+- ``'hmr'`` / ``'spin'``: ``adapters.load_critic`` with ``checkpoint`` (``None``: random weights). The body
+  is ``body`` if given, else the one the checkpoint records (files written by ``ns-posegen-pretrain-critic``),
+  else the run's / subject's body.
+- any other name (``'hybrik-*'``, ``'blazepose'``, an entry point of ``posegen.critics``): ``adapters.load_critic``
+  with ``checkpoint`` and the data files that are set (HybrIK without ``body`` uses its checkpoint's SMPL).
+
+The critic's body is "the run's body" unless ``body`` names another: ``'open'``, ``'tiny'`` or an SMPL file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from posegen_ns.errors import PoseGenInputError
+
+DEFAULT_INPUT_SIZE = 64
+"""Crop side (pixels) of the default critic."""
+DEFAULT_BACKBONE = "resnet18"
+"""Backbone of the default critic."""
+
+
+@dataclass
+class CriticConfig:
+    """The 3D pose estimator attacked by the loop (and scored by ``ns-posegen-eval``); module docstring."""
+
+    name: str = "default"
+    """'default' (an HMR critic pre-trained here on a narrow source pose set, cached) or a name known to
+    ``adapters.load_critic`` (built-ins or the ``posegen.critics`` entry-point group)."""
+    checkpoint: Optional[Path] = None
+    """Checkpoint of the critic (official file for 'spin' / 'hybrik-*')."""
+    body: Optional[str] = None
+    """Body the critic predicts with: an SMPL file for official SPIN/HybrIK weights (default: what an hmr checkpoint
+    records, else the run's body; HybrIK checkpoints carry their own SMPL buffers and need none)."""
+    j_regressor_h36m: Optional[Path] = None
+    """SPIN's J_regressor_h36m.npy (with official SMPL files)."""
+    smpl_mean_params: Optional[Path] = None
+    """SPIN's smpl_mean_params.npz (for 'spin' / 'hmr' with official weights)."""
+    h36m_mean_beta: Optional[Path] = None
+    """HybrIK's h36m_mean_beta.npy (optional; the checkpoint's own buffer otherwise)."""
+    python: Optional[Path] = None
+    """Python with mediapipe for 'blazepose' (default: $POSEGEN_BLAZEPOSE_PYTHON)."""
+    es_samples: int = 4
+    """Black-box critics: perturbations per sample for the evolution-strategy gradient (even)."""
+    es_sigma: float = 0.05
+    """Black-box critics: perturbation scale (radians for poses and angles, metres, focal scale)."""
+    pretrain_steps: int = 1000
+    """Steps of pre-training for the default critic (only when it is not cached yet)."""
+    input_size: Optional[int] = None
+    """Crop size (pixels) of the critic's input. Default: 64 for the default critic; for 'spin'/'hmr' what the
+    checkpoint records (224 for SPIN's official file); 256 for HybrIK. Not used by 'blazepose'."""
+    backbone: Optional[str] = None
+    """HMR backbone ('resnet18', 'resnet50', ...) for the default critic (default 'resnet18') and 'spin'/'hmr'
+    (default: what the checkpoint records, 'resnet50' for SPIN's official file)."""
+
+
+def _checkpoint_records_body(checkpoint: Path | str | None) -> bool:
+    """Whether an hmr/spin ``checkpoint`` says which body it predicts for (files of ``ns-posegen-pretrain-critic``)."""
+    if checkpoint is None or str(checkpoint) == "default":
+        return str(checkpoint) == "default"
+    from adapters.hmr import read_spin_checkpoint
+
+    return "body" in read_spin_checkpoint(checkpoint).get("posegen", {})
+
+
+def load_configured_critic(cfg: CriticConfig, body_source: Any) -> Any:
+    """The critic ``cfg`` describes (module docstring), as its loader returns it (on the CPU).
+
+    Args:
+        cfg: the critic's settings.
+        body_source: the run's (or evaluated subject's) body: ``'open'``, ``'tiny'``, an SMPL file path or a
+            :class:`~posegen_ns.body.BodyModel`; the critic's body where ``cfg.body`` is not set.
+
+    Raises:
+        PoseGenInputError: an unknown critic name, or files that do not fit (from the critic's loader).
+    """
+    from adapters.registry import load_critic
+
+    body = cfg.body if cfg.body is not None else body_source
+    if cfg.name == "default":
+        from posegen_ns.critic.pretrain import default_critic_checkpoint
+
+        input_size, backbone = cfg.input_size or DEFAULT_INPUT_SIZE, cfg.backbone or DEFAULT_BACKBONE
+        checkpoint = cfg.checkpoint or default_critic_checkpoint(
+            body=body, steps=cfg.pretrain_steps, input_size=input_size, backbone=backbone
+        )
+        return load_critic("hmr", checkpoint=checkpoint, smpl_model_path=body, backbone=backbone, input_size=input_size,
+                           j_regressor_h36m=cfg.j_regressor_h36m)
+    options = {
+        "smpl_model_path": cfg.body, "j_regressor_h36m": cfg.j_regressor_h36m, "smpl_mean_params": cfg.smpl_mean_params,
+        "h36m_mean_beta": cfg.h36m_mean_beta, "python": cfg.python,
+    }
+    if cfg.name in ("hmr", "spin"):
+        options.update(backbone=cfg.backbone, input_size=cfg.input_size)
+        if cfg.body is None and not _checkpoint_records_body(cfg.checkpoint):
+            options["smpl_model_path"] = body_source  # HMR needs a body; HybrIK falls back to its checkpoint's SMPL
+    elif cfg.name.startswith("hybrik"):
+        options.update(input_size=cfg.input_size)
+    return load_critic(cfg.name, checkpoint=cfg.checkpoint, **{k: v for k, v in options.items() if v is not None})
+
+
+def critic_config_from_flags(
+    critic: str, checkpoint: str, body: Optional[str] = None, backbone: Optional[str] = None,
+    input_size: Optional[int] = None, j_regressor_h36m: Optional[Path] = None,
+) -> CriticConfig:
+    """The :class:`CriticConfig` of ``ns-posegen-eval``'s flags: ``--critic NAME`` with ``--checkpoint
+    default|none|PATH``; ``hmr``/``spin`` with ``default`` is the critic ``'default'``, ``none`` means random
+    weights (no checkpoint).
+
+    Raises:
+        PoseGenInputError: an hmr/spin ``--checkpoint`` path that does not exist.
+    """
+    path: Optional[Path] = None if checkpoint.lower() == "none" else Path(checkpoint)
+    name = critic
+    if critic in ("hmr", "spin") and checkpoint == "default":
+        name, path = "default", None
+    elif critic in ("hmr", "spin") and path is not None and not path.expanduser().is_file():
+        raise PoseGenInputError(f"--checkpoint {checkpoint} does not exist; pass 'default', 'none' or a critic file.")
+    return CriticConfig(name=name, checkpoint=path, body=body, backbone=backbone, input_size=input_size,
+                        j_regressor_h36m=j_regressor_h36m)

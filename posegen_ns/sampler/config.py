@@ -1,0 +1,70 @@
+"""Configuration of the hard-pose sampler (``--pipeline.sampler.*``): the generator, its losses and the
+camera ranges, beside the components it configures (:mod:`posegen_ns.sampler`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from posegen_ns.sampler.generator import CameraRanges
+
+
+@dataclass
+class SamplerConfig:
+    """The hard-pose sampler and its losses."""
+
+    batch_size: int = 4
+    """(pose, camera) samples per loop step."""
+    noise_dim: int = 32
+    """Size of the generator's noise input."""
+    hidden: int = 256
+    """Hidden width of the generator."""
+    max_residual: float = 0.3
+    """Bound (radians) on the generator's per-joint rotation residual from a real pose (0.6 gave twisted bodies that made
+    the fine-tuned critic worse on held-out motions)."""
+    target_ratio: float = 1.4
+    """Wanted hardness ratio: critic error on hard samples / on prior samples (PoseAug-style bounded: learnable, not
+    extreme; 2.0 gave samples that made the fine-tuned critic worse)."""
+    hardness_weight: float = 1.0
+    """Weight of the bounded hardness loss."""
+    adversarial_weight: float = 0.3
+    """Weight of the generator's adversarial (plausibility) loss."""
+    limit_weight: float = 1.0
+    """Weight of the knee/elbow joint-limit penalty."""
+    residual_weight: float = 0.05
+    """Weight of the squared pose residual (radians^2): stay near real poses unless it pays."""
+    diversity_weight: float = 0.05
+    """Weight of the mode-seeking term (Mao et al., CVPR 2019) that keeps different noise giving different
+    samples of the same real pose; guards against the mode collapse PoseAug-style GANs are prone to."""
+    min_camera_std: float = 1.0
+    """Floor on the spread of each camera logit (sigmoid space; :class:`~posegen_ns.sampler.HardPoseGenerator`)."""
+    max_camera_mean: float = 2.0
+    """Bound on each camera logit's mean (sigmoid space; 2.0 keeps it within the middle 76 % of each range)."""
+    max_camera_std: float = 2.0
+    """Cap on the spread of each camera logit (sigmoid space): wider spreads pile samples onto the ranges' bounds."""
+    min_azimuth_std: float = 0.5
+    """Floor on the spread (radians) of the azimuth's wrapped normal (full-circle azimuth range)."""
+    max_azimuth_std: float = 2.0
+    """Cap on the spread (radians) of the azimuth's wrapped normal."""
+    reference_momentum: float = 0.9
+    """Momentum of the running critic error on prior samples (the hardness reference)."""
+    prior_stride: int = 4
+    """Frame stride when fitting the shipped mocap for the pose prior."""
+    prior_clips: Optional[Tuple[str, ...]] = None
+    """Clips of the pose prior: motion files (.bvh / AMASS .npz) or names of shipped clips (default: every shipped clip)."""
+    azimuth_range: tuple = (-math.pi, math.pi)
+    """Camera azimuth range (radians) relative to the body's facing direction."""
+    elevation_range: tuple = (-0.25, 0.6)
+    """Camera elevation range (radians)."""
+    distance_range: tuple = (2.4, 3.6)
+    """Camera distance range (metres) from the pelvis."""
+    roll_range: tuple = (-0.3, 0.3)
+    """Camera roll range (radians) about the optical axis."""
+    focal_scale_range: tuple = (0.85, 1.15)
+    """Range of the factor on the framing focal length (:func:`posegen_ns.labels.framing_focal`)."""
+
+    def ranges(self) -> CameraRanges:
+        return CameraRanges(azimuth=tuple(self.azimuth_range), elevation=tuple(self.elevation_range),
+                            distance=tuple(self.distance_range), roll=tuple(self.roll_range),
+                            focal_scale=tuple(self.focal_scale_range))
