@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from adapters.blazepose_worker import PROTOCOL_VERSION, message_text, read_message, write_message
-from adapters.protocol import Critic
+from adapters.protocol import DATA_FILES, Critic
 from posegen_ns.body.joint_sets import JOINT_SETS
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.labels import root_of
@@ -238,7 +238,7 @@ def blazepose_python(python: str | Path | None = None) -> str:
 
 
 _BLAZEPOSE_OPTIONS = ("python", "model_complexity", "worker_args")
-_IGNORED_DATA_FILES = ("body", "smpl_model_path", "smpl_mean_params", "j_regressor_h36m", "h36m_mean_beta")
+_IGNORED_DATA_FILES = ("body",) + DATA_FILES  # a black box needs no body files: accepted and ignored
 
 
 def load_blazepose_critic(checkpoint: str | Path | None = None, **options: Any) -> BlackBoxCritic:

@@ -96,6 +96,25 @@ def mesh_renderer(body: BodyModel, betas: Tensor, appearance_seed: int = 0) -> R
     return render
 
 
+def labelled_mesh_renderer(body: BodyModel, appearance_seed: int = 0):
+    """The mesh renderer in :func:`posegen_ns.labels.render_and_score`'s form: ``render(body_pose, global_orient,
+    transl, K, R, t, width, height, betas)`` -> object with ``rgb (B, H, W, 3)``, ``alpha (B, H, W, 1)`` (the
+    silhouette) and ``body`` (the posed :class:`~posegen_ns.body.model.BodyOutput`); no gradients."""
+    from types import SimpleNamespace
+
+    from posegen_ns.data.appearance import make_body_appearance, render_vertices
+
+    appearance = make_body_appearance(body, seed=appearance_seed)
+
+    @torch.no_grad()
+    def render(body_pose, global_orient, transl, K, R, t, width, height, betas=None):
+        out = body(body_pose, global_orient, betas, transl)
+        r = render_vertices(out.vertices, body.faces, appearance, K, R, t, width, height)
+        return SimpleNamespace(rgb=r.rgb.clamp(0, 1), alpha=r.mask.float()[..., None], body=out)
+
+    return render
+
+
 def field_renderer(model: Any) -> RenderFn:
     """A :data:`RenderFn` from a trained posegen-human model (``pipeline.model``): its Gaussian field
     in the subject's betas (``model.render``)."""
@@ -119,6 +138,30 @@ class ViewConfig:
     resolution: int = 128
     relative_to_body: bool = True
     box_scale: float = 1.2
+    distance_scales: tuple[float, ...] = (1.0,)
+    """Every view again at ``distance * scale`` for each scale (nearer and farther, same focal length: the person
+    is smaller or larger in the image, as in MPI-INF-3DHP); ``(1.0,)`` = one distance."""
+
+
+def view_set(views: ViewConfig) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+    """The cameras of ``views``: :func:`view_ring` at every distance scale (scale-major).
+
+    Returns:
+        ``azimuth (V,)``, ``elevation (V,)`` radians, ``distance (V,)`` metres (float64) and V names
+        (``"az045_el+20"``, with ``"_d1.4"`` appended when there are several distances).
+
+    Raises:
+        PoseGenInputError: no cameras, elevations or distance scales, or a scale <= 0.
+    """
+    az, el, names = view_ring(views.num_cameras, views.elevations_deg)
+    scales = tuple(views.distance_scales)
+    if not scales or min(scales) <= 0:
+        raise PoseGenInputError(f"distance scales must be positive and non-empty (got {list(scales)}).")
+    if len(scales) == 1:
+        return az, el, torch.full_like(az, views.distance * scales[0]), names
+    return (az.repeat(len(scales)), el.repeat(len(scales)),
+            torch.tensor([views.distance * s for s in scales for _ in names], dtype=torch.float64),
+            [f"{n}_d{views.distance * s:.1f}" for s in scales for n in names])
 
 
 def iter_eval_batches(
@@ -144,7 +187,7 @@ def iter_eval_batches(
         batch_size: images per batch.
     """
     dev = betas.device
-    az_all, el_all, _ = view_ring(views.num_cameras, views.elevations_deg)
+    az_all, el_all, dist_all, _ = view_set(views)
     V = az_all.shape[0]
     focal = framing_focal(subject_height(body, betas), views.resolution, views.distance, views.fill)
     for motion in motions:
@@ -159,7 +202,7 @@ def iter_eval_batches(
                 out = body(bp, go, betas[None].expand(len(k), -1), transl)
             n = len(k)
             K, R, t = orbit_cameras(go, out.joints[:, 0], az_all[vi].to(dev), el_all[vi].to(dev),
-                                    torch.full((n,), float(views.distance)), torch.full((n,), focal),
+                                    dist_all[vi].to(dev), torch.full((n,), focal),
                                     views.resolution, views.resolution, relative_to_body=views.relative_to_body)
             K, R, t = K.float(), R.float(), t.float()
             rgb = render(bp, go, transl, K, R, t, views.resolution)  # (B, S, S, 3)
@@ -325,7 +368,7 @@ def evaluate_motions_cli(cfg: EvalConfig) -> dict[str, Any]:
     critic = load_eval_critic(cfg, source, pipeline).to(device).eval()
     views = ViewConfig(cfg.cameras, tuple(cfg.elevations), cfg.distance, cfg.fill, int(cfg.resolution or default_res),
                        cfg.azimuth_relative_to_body, cfg.box_scale)
-    _, _, view_names = view_ring(views.num_cameras, views.elevations_deg)
+    _, _, _, view_names = view_set(views)
     body_cpu = body if next(body.buffers()).device.type == "cpu" else None
     fit_body = body_cpu or _cpu_copy(body)
     say = say_for("ns-posegen-eval", cfg.quiet)

@@ -2,52 +2,43 @@
 
 PoseGen (Gholami et al., AAAI 2024, Tables 1-2) fine-tunes a pre-trained 3D pose estimator on
 renders of different pose distributions and compares the estimator's error on unseen motions. This
-script reproduces that comparison on the default subject with four arms, all starting from the same
-pre-trained critic, fine-tuned on the **same number of images** rendered by the **same trained
-human field**, with the same fine-tuning recipe (:func:`posegen_ns.critic.finetune.finetune_critic`: SPIN's
-losses, BatchNorm frozen, the same source-data mixing and outlier filter):
+script reproduces that comparison in small, on real CMU motion split three ways by clip name
+(:mod:`posegen_ns.data.splits`): the critic's *source* (Human3.6M-like actions), the *prior* every arm
+draws poses from (the shipped pose bank's ``prior`` split, AMASS's role) and *evaluation* motions no arm
+or critic ever sees. Every arm starts from the same pre-trained critic and is fine-tuned on the **same
+number of usable images** rendered by the **same trained human field**, with the same recipe
+(:func:`posegen_ns.critic.finetune.finetune_critic`: SPIN's losses, BatchNorm frozen, the same
+source-data mixing and outlier filter):
 
 - ``pretrained``: the critic as pre-trained (no fine-tuning; the "before").
-- ``random-prior``: poses drawn at random from the mocap prior, cameras uniform in the sampler's ranges.
+- ``random-prior``: poses drawn at random from the prior, cameras uniform in the sampler's ranges.
 - ``posegen-released``: PoseGen as released (github ``mgholamikn/PoseGen``): a GAN over poses with a
-  fixed frontal camera and label-only feedback: the loss ``1 - MPJPE`` between the critic's
-  prediction on a *detached* render and the generated pose's joints, so the gradient reaches the
-  generator only through the labels, never through the renderer; plus a discriminator against the
-  prior's poses. The pose generator is the same residual MLP as ours
-  (:class:`~posegen_ns.sampler.HardPoseGenerator`, its camera replaced by the fixed one), so the two
-  differences under test are the camera and the feedback.
+  fixed frontal camera and label-only feedback (the loss ``1 - MPJPE`` on a *detached* render, so the
+  gradient reaches the generator only through the labels) plus a discriminator against the prior. The
+  pose generator is ours (:class:`~posegen_ns.sampler.HardPoseGenerator`) with the fixed camera.
+- ``mining``: PoseSyn's error extraction (:func:`mining_draw`): the hardest of ``--mining-factor`` times
+  as many prior samples, by the pre-trained critic's error, mixed with prior samples as ours is.
 - ``ours``: the learned (pose, camera) distribution of ``ns-train posegen-human`` (gradients through
-  the renderer, bounded hardness, learned cameras; :mod:`posegen_ns.pipeline`).
+  the renderer, bounded hardness, learned cameras; :mod:`posegen_ns.pipeline`), mixed with prior samples.
+- ``ours-mesh``: a diagnostic row, ours' samples rendered by the mesh renderer (:func:`mesh_scorer`).
 
-Steps: (1) build what is needed (the capture, the pre-trained critic; cached), (2) train the field
-and our sampler in-process with the ``posegen-human`` method (``posegen-human-tiny`` for
-``--preset tiny``) with the pose prior restricted to the training clips, (3) train the released-style
-GAN, (4) draw ``finetune_images`` usable samples per arm (after the outlier filter), fine-tune a copy
-of the critic on each, (5) evaluate every critic with :mod:`posegen_ns.evaluate`'s machinery
-(:func:`~posegen_ns.evaluate.iter_eval_batches`, :func:`~posegen_ns.critic.evaluation.evaluate_critic`) on the
-subject rendered with the capture's own appearance (mesh renderer, not the field) in the evaluation
-motions, from a camera ring; report per motion category.
+Steps: (1) build the capture and the pre-trained critic (cached), (2) train the field and our sampler
+in-process with ``posegen-human`` (``posegen-human-tiny`` for ``--preset tiny``), prior = the bank's
+prior split, (3) train the released-style GAN, (4) per arm and repeat draw ``finetune_images`` usable
+samples and fine-tune a copy of the critic, (5) evaluate every critic (:func:`evaluate_critic_on`) on two
+subjects (the capture's and an unseen one, :func:`eval_subject`) rendered by the mesh renderer in the
+evaluation motions from a camera set unlike the source's (:func:`build_eval_set`).
 
-Evaluation motions: ``--eval-poses DIR`` (any folder of BVH / AMASS npz), default the shipped clips
-not used in training (:data:`EVAL_CLIPS`; the prior and the tiny capture use :data:`TRAIN_CLIPS`; the
-default critic was pre-trained on walking clips only).
+Statistics (:mod:`posegen_ns.stats`): ``--repeats N`` repeats every arm with the seed of repeat k shared
+across arms; rows give the mean and its 95 % interval, :func:`comparison` ours' paired 95 % interval
+against every other row. Output: a rich table, ``DIR/experiment.png`` (MPJPE per category and per
+elevation with intervals) and JSON (``DIR/experiment.json`` or ``--json``; schema in the README).
 
-Output: a rich table, ``DIR/experiment.png`` (MPJPE per category, before/after) and JSON
-(``DIR/experiment.json`` or ``--json``) ``{"rows": [{"name", "mpjpe_mm", "pa_mpjpe_mm", "pck150",
-"num_finetune_images", "auc", "categories": {cat: {...}}, "finetune": {...}}], "categories": [...],
-"config": {...}, "timing_s": {...}}``.
-
-Presets: ``tiny`` (tiny body, toy sizes: CPU in a few minutes) and ``full`` (the open body and the
-default capture, ``posegen-human``'s sizes; meant for one GPU in under 30 minutes). Every size can be
-overridden on the command line. ``--load-config RUN/config.yml`` reuses a trained run (its field,
-sampler and critic; the prior cut to the training clips) instead of training one. ``--relearn-steps N``
-re-learns ours on that field (fresh generator and discriminator, N sampler steps against the frozen
-pre-trained critic) with ``--sampler.*`` overrides of the run's sampler settings
-(:class:`SamplerOverrides`), so sampler settings can be compared without refitting the field;
-``--ours-prior-fraction`` mixes prior samples into ours' fine-tuning set; ``--arms`` runs a subset of
-the arms (each arm seeds its own fine-tuning, so its row does not depend on the others); ``--repeats N``
-draws and fine-tunes each arm N times with different seeds and reports mean and standard deviation per row
-and ours' difference to every other row with its standard error (:func:`comparison_lines`).
+Presets: ``tiny`` (tiny body; the tests' size), ``cpu`` (the evidence on a 2-core CPU), ``gpu`` (one GPU;
+``full`` is its old name). Every size can be overridden on the command line. ``--load-config
+RUN/config.yml`` reuses a trained run; ``--relearn-steps N`` re-learns ours on it with ``--sampler.*``
+overrides (:class:`SamplerOverrides`); ``--ours-rounds`` gives ours PoseGen's alternation
+(:func:`finetune_ours_in_rounds`); ``--arms`` runs a subset.
 """
 
 from __future__ import annotations
@@ -67,12 +58,19 @@ from posegen_ns.errors import PoseGenInputError
 from posegen_ns.labels import concat_samples, gt_from_camera_joints, critic_error
 from posegen_ns.critic.finetune import FinetuneConfig, FinetuneStats, batch_from_samples, finetune_critic, outlier_mask, select
 
-ARMS: tuple[str, ...] = ("pretrained", "random-prior", "posegen-released", "ours")
-"""Row names of the comparison, in order."""
+ARMS: tuple[str, ...] = ("pretrained", "random-prior", "posegen-released", "mining", "ours", "ours-mesh")
+"""Row names of the comparison, in order (``ours-mesh`` is a diagnostic row: ours' samples rendered by the mesh
+renderer instead of the field, so ``ours - ours-mesh`` is what the field's render error costs)."""
 TRAIN_CLIPS: tuple[str, ...] = ("07_05_slow_walk", "09_06_run", "12_01_walk", "131_03_start_hop_stop")
-"""Shipped clips the arms may learn from (pose prior; the tiny preset's capture)."""
-EVAL_CLIPS: tuple[str, ...] = ("02_04_jump_balance_ccrig", "10_03_soccer_kick")
-"""Shipped clips held out for evaluation (default of ``--eval-poses``)."""
+"""Shipped clips of the tiny preset's capture (the subject's look; no arm draws poses from the capture)."""
+PRIOR_SPLIT = "prior"
+"""Split of the shipped pose bank (:mod:`posegen_ns.data.splits`) every arm draws poses from."""
+EVAL_SPLIT = "eval"
+"""Split of the shipped pose bank evaluated on by default (motions no arm and no critic ever sees)."""
+SUBJECTS: tuple[str, ...] = ("capture", "unseen")
+"""Evaluation subjects: the capture's person, and a person the field never saw (:func:`eval_subject`)."""
+UNSEEN_BETAS: tuple[float, ...] = (1.5, -1.0, 0.8, -0.6, 0.5)
+"""Offset added to the capture's first betas for the unseen subject (another build); clothing seed 3."""
 
 
 @dataclass
@@ -117,22 +115,39 @@ class ExperimentSizes:
     """Elevations (degrees) of the evaluation ring."""
     eval_resolution: Optional[int] = None
     """Rendered evaluation image side, pixels."""
+    eval_distance_scales: Optional[tuple[float, ...]] = None
+    """Evaluation cameras at these multiples of the framing distance (3 m): nearer and farther (MPI-INF-3DHP-like)."""
+    critic_source: Optional[str] = None
+    """Source set the default critic is pre-trained on: 'narrow' (walking, frontal) or 'h36m' (Human3.6M-like)."""
+    repeats: Optional[int] = None
+    """Draw and fine-tune each arm this many times with different seeds (repeat k's seed is shared by every arm);
+    rows report the mean and its 95 % interval, comparisons the paired 95 % interval of the difference."""
 
 
 PRESETS: dict[str, ExperimentSizes] = {
     "tiny": ExperimentSizes(
         body="tiny", capture_cameras=3, capture_resolution=40, critic_pretrain_steps=150, critic_input_size=32,
         field_steps=60, loop_steps=30, num_gaussians=300, sampler_batch=4, gan_steps=30, finetune_images=48,
-        finetune_batch=8, finetune_epochs=3, eval_stride=24, eval_max_frames=6, eval_cameras=4,
-        eval_elevations=(0.0, 30.0), eval_resolution=40,
+        finetune_batch=8, finetune_epochs=3, eval_stride=24, eval_max_frames=4, eval_cameras=4,
+        eval_elevations=(0.0, 30.0), eval_resolution=40, eval_distance_scales=(1.0,), critic_source="narrow",
+        repeats=2,
     ),
-    "full": ExperimentSizes(
+    "cpu": ExperimentSizes(
         body="open", capture_cameras=6, capture_resolution=128, critic_pretrain_steps=1000, critic_input_size=64,
+        field_steps=800, loop_steps=150, num_gaussians=4000, sampler_batch=6, gan_steps=150, finetune_images=192,
+        finetune_batch=16, finetune_epochs=3, eval_stride=8, eval_max_frames=8, eval_cameras=4,
+        eval_elevations=(-10.0, 15.0, 45.0), eval_resolution=96, eval_distance_scales=(0.8, 1.4), critic_source="h36m",
+        repeats=5,
+    ),
+    "gpu": ExperimentSizes(
+        body="open", capture_cameras=6, capture_resolution=128, critic_pretrain_steps=3000, critic_input_size=128,
         field_steps=1500, loop_steps=300, num_gaussians=6000, sampler_batch=6, gan_steps=300, finetune_images=1024,
-        finetune_batch=32, finetune_epochs=3, eval_stride=8, eval_max_frames=None, eval_cameras=8,
-        eval_elevations=(0.0, 20.0, 40.0), eval_resolution=128,
+        finetune_batch=32, finetune_epochs=3, eval_stride=8, eval_max_frames=24, eval_cameras=8,
+        eval_elevations=(-10.0, 0.0, 20.0, 45.0), eval_resolution=128, eval_distance_scales=(0.8, 1.0, 1.4),
+        critic_source="h36m", repeats=5,
     ),
 }
+PRESETS["full"] = PRESETS["gpu"]  # the name before the cpu preset existed
 
 
 @dataclass
@@ -182,12 +197,13 @@ class ExperimentConfig(ExperimentSizes):
 
     The sizes (:class:`ExperimentSizes`: ``--field-steps``, ``--finetune-images``, ...) are the preset's unless set."""
 
-    preset: Literal["tiny", "full"] = "tiny"
-    """'tiny' (CPU, minutes) or 'full' (one GPU, under 30 minutes)."""
+    preset: Literal["tiny", "cpu", "gpu", "full"] = "tiny"
+    """'tiny' (tests, minutes), 'cpu' (the evidence on a 2-core CPU), 'gpu' (one GPU, larger sizes; 'full' is its old name)."""
     output_dir: Path = Path("outputs/posegen-experiment")
     """Folder for the run (capture, ns-train outputs, plot, JSON)."""
     eval_poses: Optional[Path] = None
-    """Folder (or file) of BVH / AMASS npz motions to evaluate on; default the shipped clips not used in training."""
+    """Folder (or file) of BVH / AMASS npz motions to evaluate on (frames per motion capped by --eval-max-frames and
+    spread over each whole motion); default the evaluation split of the shipped pose bank (motions no arm sees)."""
     json: Optional[Path] = None
     """Write the results JSON here (default OUTPUT_DIR/experiment.json)."""
     load_config: Optional[Path] = None
@@ -212,10 +228,9 @@ class ExperimentConfig(ExperimentSizes):
     critic as fine-tuned so far (:func:`finetune_ours_in_rounds`). 1 = one draw from the sampler as trained."""
     round_steps: int = 150
     """Sampler steps before each of ours' rounds after the first."""
-    repeats: int = 1
-    """Draw and fine-tune each arm this many times with different seeds (sample draws, fine-tuning order,
-    dropout); rows report the mean and the standard deviation. The field, the sampler and the released GAN
-    are trained once. The seed noise of one repeat is several mm of MPJPE, so compare arms with 3 or more."""
+    mining_factor: int = 4
+    """The mining arm (PoseSyn's error extraction) renders this many times its hard share from the prior (uniform
+    cameras), scores them with the pre-trained critic and keeps the hardest."""
     ours_prior_fraction: float = 0.5
     """Fraction of ours' fine-tuning draws taken from the prior (random-prior's distribution) instead of the hard
     sampler, as PoseAug trains on original and augmented poses together; 0 = hard samples only (measured worse)."""
@@ -232,7 +247,7 @@ class ExperimentConfig(ExperimentSizes):
                 base[f.name] = value
         sizes = ExperimentSizes(**base)
         for name in ("field_steps", "loop_steps", "gan_steps", "finetune_images", "finetune_batch", "finetune_epochs",
-                     "sampler_batch", "eval_stride", "eval_cameras", "eval_resolution"):
+                     "sampler_batch", "eval_stride", "eval_cameras", "eval_resolution", "repeats"):
             if getattr(sizes, name) < 1:
                 raise PoseGenInputError(f"ns-posegen-experiment: --{name.replace('_', '-')} must be >= 1 (got {getattr(sizes, name)}).")
         self.validate()
@@ -257,8 +272,10 @@ class ExperimentConfig(ExperimentSizes):
             raise PoseGenInputError(
                 f"ns-posegen-experiment: --ours-rounds and --round-steps must be >= 1 (got {self.ours_rounds}, {self.round_steps})."
             )
-        if self.repeats < 1:
+        if self.repeats is not None and self.repeats < 1:
             raise PoseGenInputError(f"ns-posegen-experiment: --repeats must be >= 1 (got {self.repeats}).")
+        if self.mining_factor < 1:
+            raise PoseGenInputError(f"ns-posegen-experiment: --mining-factor must be >= 1 (got {self.mining_factor}).")
         if self.relearn_steps is not None and self.relearn_steps < 1:
             raise PoseGenInputError(f"ns-posegen-experiment: --relearn-steps must be >= 1 (got {self.relearn_steps}).")
         if self.sampler.given() and self.relearn_steps is None:
@@ -314,7 +331,7 @@ def train_pipeline(cfg: ExperimentConfig, sizes: ExperimentSizes, capture: Path)
     p.field_steps = sizes.field_steps
     p.model.num_gaussians = sizes.num_gaussians
     p.sampler.batch_size = sizes.sampler_batch
-    p.sampler.prior_clips = TRAIN_CLIPS
+    p.sampler.prior_split = PRIOR_SPLIT
     p.critic.pretrain_steps = sizes.critic_pretrain_steps
     p.critic.input_size = sizes.critic_input_size
     p.rounds, p.loop_steps_per_round, p.finetune_steps_per_round = 1, None, 0
@@ -332,8 +349,8 @@ def train_pipeline(cfg: ExperimentConfig, sizes: ExperimentSizes, capture: Path)
 
 
 def load_trained_pipeline(config_path: Path):
-    """A trained run's pipeline (:func:`posegen_ns.cli.load_run`) with its pose prior cut to
-    :data:`TRAIN_CLIPS`, so that no arm draws poses of the evaluation clips. The run's generator was
+    """A trained run's pipeline (:func:`posegen_ns.cli.load_run`) with its pose prior replaced by the shipped bank's
+    :data:`PRIOR_SPLIT`, so that no arm draws poses of the evaluation clips. The run's generator was
     trained on its own prior; here it only receives training-clip poses as inputs. If the run fine-tuned
     its critic (rounds), the pre-trained critic is loaded again so that every arm starts from it.
 
@@ -341,12 +358,11 @@ def load_trained_pipeline(config_path: Path):
         PoseGenInputError: ``config_path`` is not a file.
     """
     from posegen_ns.critic.loading import load_configured_critic
-    from posegen_ns.data.poses import load_pose_bank
-    from posegen_ns.pipeline import prior_clip_paths
+    from posegen_ns.data.pose_bank import load_shipped_pose_bank
 
     pipeline = load_run(config_path)
     dev = pipeline.prior_body_pose.device
-    bank = load_pose_bank(pipeline.model.body, clips=prior_clip_paths(TRAIN_CLIPS), stride=pipeline.config.sampler.prior_stride)
+    bank = load_shipped_pose_bank(split=PRIOR_SPLIT)
     pipeline.prior_body_pose = bank.body_pose.float().to(dev)
     pipeline.prior_global_orient = bank.global_orient.float().to(dev)
     if pipeline.config.finetune_steps_per_round > 0:  # the saved critic was fine-tuned: start every arm from the pre-trained one
@@ -440,7 +456,7 @@ def relearn_sampler(pipeline: Any, steps: int, overrides: Optional[SamplerOverri
     """Re-learn our sampler on the pipeline's trained field, without refitting the field: the run's
     ``SamplerConfig`` with ``overrides`` applied becomes the pipeline's, the generator and discriminator
     are re-initialised (:meth:`~posegen_ns.pipeline.PoseGenPipeline.make_sampler_networks`), the hardness
-    reference is reset, and ``steps`` phase-2 steps (:meth:`~posegen_ns.pipeline.PoseGenPipeline._loop_step`,
+    reference is reset, and ``steps`` phase-2 steps (:meth:`~posegen_ns.pipeline.PoseGenPipeline.loop_step`,
     the same losses as ``ns-train``) run against the frozen critic with Adam at ``lr`` (``posegen-human``'s
     generator and discriminator rate) on both networks.
 
@@ -459,7 +475,7 @@ def relearn_sampler(pipeline: Any, steps: int, overrides: Optional[SamplerOverri
 
 
 def sampler_steps(pipeline: Any, steps: int, lr: float = 1e-3) -> None:
-    """Run ``steps`` phase-2 steps of our sampler (:meth:`~posegen_ns.pipeline.PoseGenPipeline._loop_step`)
+    """Run ``steps`` phase-2 steps of our sampler (:meth:`~posegen_ns.pipeline.PoseGenPipeline.loop_step`)
     against ``pipeline.critic`` (frozen, eval mode), continuing from the current generator and discriminator
     with a fresh Adam at ``lr``; the hardness reference (the critic's running error on prior samples) restarts
     from this critic. Every parameter is left frozen."""
@@ -473,7 +489,7 @@ def sampler_steps(pipeline: Any, steps: int, lr: float = 1e-3) -> None:
     pipeline.train()
     try:
         for _ in range(steps):
-            _, losses, _ = pipeline._loop_step()
+            _, losses, _ = pipeline.loop_step()
             opt.zero_grad(set_to_none=True)
             sum(losses.values()).backward()  # the generator's terms do not reach the discriminator and vice versa
             opt.step()
@@ -541,11 +557,52 @@ def mixed_draw(pipeline: Any, prior_fraction: float, base: Any = None):
     return draw
 
 
+def mining_draw(pipeline: Any, factor: int, prior_fraction: float, chunk: int = 32):
+    """``draw(num, generator) -> PoseCameraSample`` of the mining arm (PoseSyn's error extraction, Fig. 2): the
+    hard share of each batch is the ``n`` hardest of ``factor * n`` prior samples (mocap poses, uniform cameras)
+    scored by ``pipeline.critic`` (the pre-trained critic) on field renders; the rest are prior samples, mixed as in
+    ours (:func:`mixed_draw` with the same ``prior_fraction``). A failed prediction (NaN error) ranks last."""
+    from posegen_ns.sampler import PoseCameraSample
+
+    def hardest(n: int, g: torch.Generator) -> Any:
+        cand = pipeline.draw(n * factor, hard=False, noise=g)
+        with torch.no_grad():
+            err = torch.cat([
+                pipeline.render_and_score(PoseCameraSample(cand.body_pose[i : i + chunk], cand.global_orient[i : i + chunk],
+                                                           cand.camera[i : i + chunk])).error
+                for i in range(0, n * factor, chunk)
+            ])
+        idx = torch.topk(torch.nan_to_num(err, nan=-1.0), n).indices.to(cand.body_pose.device)
+        return PoseCameraSample(cand.body_pose[idx], cand.global_orient[idx], cand.camera[idx])
+
+    return mixed_draw(pipeline, prior_fraction, base=hardest)
+
+
+def mesh_scorer(pipeline: Any, appearance_seed: int = 0):
+    """``score(sample) -> SampleBatch``: the pipeline's cameras and labels (:meth:`~posegen_ns.pipeline.PoseGenPipeline.cameras`,
+    :func:`posegen_ns.labels.render_and_score`) with the capture subject's *mesh* in its clothes instead of the field
+    (the ``ours-mesh`` diagnostic: same samples, exact renders)."""
+    from posegen_ns.evaluate import labelled_mesh_renderer
+    from posegen_ns.labels import render_and_score
+
+    render = labelled_mesh_renderer(pipeline.model.body, appearance_seed)
+
+    def score(sample: Any) -> Any:
+        betas = pipeline.model.betas[None].expand(sample.body_pose.shape[0], -1)
+        K, R, t = pipeline.cameras(sample, betas)
+        H, W = pipeline.image_hw
+        return render_and_score(render, pipeline.critic, sample.body_pose, sample.global_orient, betas, K, R, t, W, H)
+
+    return score
+
+
 def draw_finetune_set(pipeline: Any, draw: Any, num_images: int, batch_size: int, fcfg: FinetuneConfig,
-                      seed: int = 0, max_tries: int = 8) -> tuple[list[dict], dict[str, Any]]:
+                      seed: int = 0, max_tries: int = 8, score: Any = None) -> tuple[list[dict], dict[str, Any]]:
     """Render and label samples from ``draw(num, generator) -> PoseCameraSample`` until ``num_images``
     pass the outlier filter; return them as fine-tuning batches of ``batch_size`` and drawing statistics
     (``drawn``, ``kept``, ``dropped_by``, ``mean_error_mm`` of the pre-trained critic on the kept samples).
+    ``score(sample) -> SampleBatch`` renders and labels (default the field: ``pipeline.render_and_score``;
+    :func:`mesh_scorer` for the mesh renderer).
 
     Raises:
         PoseGenInputError: fewer than ``num_images`` usable samples after ``max_tries * num_images`` draws
@@ -564,7 +621,7 @@ def draw_finetune_set(pipeline: Any, draw: Any, num_images: int, batch_size: int
                 "--finetune-images."
             )
         with torch.no_grad():
-            scored = pipeline.render_and_score(draw(batch_size, g))
+            scored = (score or pipeline.render_and_score)(draw(batch_size, g))
         batch = {k: v.cpu() for k, v in batch_from_samples(scored, nb).items()}
         keep, reasons = outlier_mask(batch, fcfg)
         stats.add_filter(keep, reasons)
@@ -582,45 +639,89 @@ def draw_finetune_set(pipeline: Any, draw: Any, num_images: int, batch_size: int
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
-def eval_motion_paths(cfg: ExperimentConfig) -> tuple[list[Path], Optional[Path]]:
-    """Evaluation motion files and the manifest giving their categories."""
+def eval_motions(pipeline: Any, cfg: ExperimentConfig, sizes: ExperimentSizes) -> tuple[list, dict[str, str]]:
+    """The evaluation motions and ``{clip: category}``: ``--eval-poses`` files fitted to the subject's body (stride
+    ``eval_stride``, at most ``eval_max_frames`` frames spread over each whole motion), else the shipped pose bank's
+    :data:`EVAL_SPLIT` (at most ``eval_max_frames`` frames per clip, spread)."""
+    from posegen_ns.data.pose_bank import bank_motions, load_shipped_pose_bank
     from posegen_ns.evaluate import motion_paths
-    from posegen_ns.mocap import manifest_for, shipped_clips_dir
+    from posegen_ns.mocap import clip_category, load_motion, manifest_for
 
-    if cfg.eval_poses is not None:
-        return motion_paths(cfg.eval_poses), manifest_for(cfg.eval_poses)
-    d = shipped_clips_dir()
-    return [d / f"{c}.bvh" for c in EVAL_CLIPS], d / "manifest.csv"
+    if cfg.eval_poses is None:
+        motions = bank_motions(load_shipped_pose_bank(split=EVAL_SPLIT), sizes.eval_max_frames)
+        return motions, {m.name: m.meta["category"] for m in motions}
+    files, manifest = motion_paths(cfg.eval_poses), manifest_for(cfg.eval_poses)
+    fit_body = copy.deepcopy(pipeline.model.body).cpu()
+    motions = [load_motion(p, fit_body, stride=sizes.eval_stride, max_frames=sizes.eval_max_frames, spread=True) for p in files]
+    return motions, {m.name: clip_category(m.name, manifest) for m in motions}
 
 
-def build_eval_set(pipeline: Any, cfg: ExperimentConfig, sizes: ExperimentSizes) -> tuple[list, dict[str, str]]:
-    """Render the evaluation images once (the subject's mesh in the capture's appearance, camera ring;
-    :func:`posegen_ns.evaluate.iter_eval_batches`) and return the batches and ``{clip: category}``."""
-    from posegen_ns.evaluate import ViewConfig, iter_eval_batches, mesh_renderer
-    from posegen_ns.mocap import clip_category, load_motion
+def eval_subject(pipeline: Any, name: str) -> tuple[torch.Tensor, int]:
+    """``(betas (num_betas,), clothing seed)`` of an evaluation subject: ``"capture"`` is the capture's person
+    (seed 0, the capture's look); ``"unseen"`` another build (:data:`UNSEEN_BETAS` added to the first betas) in
+    other clothes (seed 3), a person the field never rendered.
 
-    files, manifest = eval_motion_paths(cfg)
+    Raises:
+        PoseGenInputError: an unknown subject.
+    """
+    betas = pipeline.model.betas.detach().float().clone()
+    if name == "capture":
+        return betas, 0
+    if name == "unseen":
+        k = min(len(UNSEEN_BETAS), betas.shape[0])
+        betas[:k] += torch.tensor(UNSEEN_BETAS[:k], device=betas.device)
+        return betas, 3
+    raise PoseGenInputError(f"evaluation subject {name!r} is not one of {SUBJECTS}.")
+
+
+@dataclass
+class EvalSet:
+    """Pre-rendered evaluation images: ``batches`` (:class:`~posegen_ns.critic.evaluation.EvalBatch`, their
+    ``clip`` is ``"<subject>/<clip>"``), ``categories`` (``{subject/clip: category}``), ``view_names`` (indexed
+    by ``batch.view_index``) and ``elevations`` (the elevation label of each view, ``"el+20"``)."""
+
+    batches: list
+    categories: dict[str, str]
+    view_names: list[str]
+    elevations: list[str]
+
+
+def build_eval_set(pipeline: Any, cfg: ExperimentConfig, sizes: ExperimentSizes) -> EvalSet:
+    """Render the evaluation images once: every :data:`SUBJECTS` person's mesh in its clothes (mesh renderer,
+    not the field) in every evaluation motion from the camera set (:func:`posegen_ns.evaluate.iter_eval_batches`)."""
+    from posegen_ns.evaluate import ViewConfig, iter_eval_batches, mesh_renderer, view_set
+
+    motions, clip_cats = eval_motions(pipeline, cfg, sizes)
     body = pipeline.model.body
-    betas = pipeline.model.betas.float()
-    fit_body = copy.deepcopy(body).cpu()
-    motions = [load_motion(p, fit_body, stride=sizes.eval_stride, max_frames=sizes.eval_max_frames) for p in files]
-    views = ViewConfig(sizes.eval_cameras, tuple(sizes.eval_elevations), resolution=sizes.eval_resolution)
-    render = mesh_renderer(body, betas, appearance_seed=0)
-    batches = [
-        copy.copy(b) for b in iter_eval_batches(motions, body, betas, render, pipeline.critic.joint_set, views, batch_size=32)
-    ]
-    categories = {m.name: clip_category(m.name, manifest) for m in motions}
-    return batches, categories
+    views = ViewConfig(sizes.eval_cameras, tuple(sizes.eval_elevations), resolution=sizes.eval_resolution,
+                       distance_scales=tuple(sizes.eval_distance_scales or (1.0,)))
+    _, el, _, view_names = view_set(views)
+    batches, categories = [], {}
+    for subject in SUBJECTS:
+        betas, seed = eval_subject(pipeline, subject)
+        render = mesh_renderer(body, betas, appearance_seed=seed)
+        for b in iter_eval_batches(motions, body, betas, render, pipeline.critic.joint_set, views, batch_size=32):
+            b = copy.copy(b)
+            b.clip = f"{subject}/{b.clip}"
+            batches.append(b)
+        categories.update({f"{subject}/{c}": cat for c, cat in clip_cats.items()})
+    return EvalSet(batches, categories, view_names, [f"el{round(float(e) * 180 / math.pi):+03d}" for e in el])
 
 
-def evaluate_critic_on(critic: Any, batches: list, categories: dict[str, str]) -> dict[str, Any]:
-    """Score ``critic`` on pre-rendered evaluation batches (:func:`posegen_ns.critic.evaluation.evaluate_critic`);
-    ``{"overall": {...}, "categories": {cat: {...}}}`` with the metric keys of
-    :data:`posegen_ns.critic.evaluation.METRIC_KEYS` and ``num_images`` (a category: the mean over its images)."""
+def evaluate_critic_on(critic: Any, eval_set: EvalSet) -> dict[str, Any]:
+    """Score ``critic`` on the pre-rendered evaluation set (:func:`posegen_ns.critic.evaluation.evaluate_critic`):
+    ``{"overall", "categories", "subjects", "elevations"}``, each a summary (or ``{name: summary}``) with the
+    metric keys of :data:`posegen_ns.critic.evaluation.METRIC_KEYS` and ``num_images``; ``overall`` weights every
+    image of both subjects equally."""
     from posegen_ns.critic.evaluation import evaluate_critic
 
-    acc = evaluate_critic(critic, batches, categories=categories)
-    return {"overall": acc.overall(), "categories": acc.summary("categories")}
+    groups = {
+        "subjects": lambda b: [b.clip.split("/", 1)[0]] * b.gt.shape[0],
+        "elevations": lambda b: [eval_set.elevations[int(v)] for v in b.view_index],
+    }
+    acc = evaluate_critic(critic, eval_set.batches, categories=eval_set.categories, groups=groups)
+    return {"overall": acc.overall(), "categories": acc.summary("categories"), "subjects": acc.summary("subjects"),
+            "elevations": acc.summary("elevations")}
 
 
 # ---- the experiment ------------------------------------------------------------------------------
@@ -669,39 +770,44 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
     t = time.time()
     say("rendering the evaluation set")
-    eval_batches, categories = build_eval_set(pipeline, cfg, sizes)
+    eval_set = build_eval_set(pipeline, cfg, sizes)
     timing["eval_set"] = time.time() - t
 
     draws = {
         "random-prior": lambda n, g: pipeline.draw(n, hard=False, noise=g),
         "posegen-released": released,
+        "mining": mining_draw(pipeline, cfg.mining_factor, cfg.ours_prior_fraction),
         "ours": mixed_draw(pipeline, cfg.ours_prior_fraction),
+        "ours-mesh": mixed_draw(pipeline, cfg.ours_prior_fraction),
     }
+    scorers = {"ours-mesh": mesh_scorer(pipeline)}
     pretrained = pipeline.critic
     source = pipeline.source_sampler()
     rows: list[dict[str, Any]] = []
-    for i, name in enumerate(ARMS):
+    for name in ARMS:
         if name not in cfg.arms:
             continue
         t = time.time()
         runs: list[dict[str, Any]] = []
-        for rep in range(1 if name == "pretrained" else cfg.repeats):  # the pre-trained critic is deterministic
-            s = cfg.seed + 10000 * rep  # repeat 0 keeps the single-run seeds
+        for rep in range(1 if name == "pretrained" else sizes.repeats):  # the pre-trained critic is deterministic
+            # repeat k's seed is shared by every arm: the same prior draws (random-prior, the prior half of ours and
+            # mining), the same source images and fine-tuning order, the same dropout; ours-mesh draws ours' samples
+            s = cfg.seed + 10000 * rep
             critic = copy.deepcopy(pretrained)
             ft_info: dict[str, Any] = {}
-            torch.manual_seed(s + 1000 + i)  # dropout while fine-tuning: each arm reproducible on its own
+            torch.manual_seed(s + 1000)
             if name == "ours" and cfg.ours_rounds > 1:
-                say(f"arm 'ours' (repeat {rep + 1}/{cfg.repeats}): {cfg.ours_rounds} rounds of sampling and fine-tuning, "
+                say(f"arm 'ours' (repeat {rep + 1}/{sizes.repeats}): {cfg.ours_rounds} rounds of sampling and fine-tuning, "
                     f"{sizes.finetune_images} images in all")
-                ft_info = finetune_ours_in_rounds(pipeline, critic, draws[name], sizes, cfg, s, i, say)
+                ft_info = finetune_ours_in_rounds(pipeline, critic, draws[name], sizes, cfg, s, 0, say)
             elif name != "pretrained":
-                say(f"arm '{name}' (repeat {rep + 1}/{cfg.repeats}): drawing {sizes.finetune_images} fine-tuning images, fine-tuning")
+                say(f"arm '{name}' (repeat {rep + 1}/{sizes.repeats}): drawing {sizes.finetune_images} fine-tuning images, fine-tuning")
                 with torch.no_grad():
                     batches, ft_info = draw_finetune_set(pipeline, draws[name], sizes.finetune_images, sizes.finetune_batch,
-                                                         cfg.finetune, seed=s + 100 + i)
+                                                         cfg.finetune, seed=s + 100, score=scorers.get(name))
                 stats = finetune_critic(critic, batches * sizes.finetune_epochs, cfg.finetune, source=source, seed=s)
                 ft_info.update(stats.as_dict())
-            runs.append({**evaluate_critic_on(critic, eval_batches, categories), "finetune": ft_info, "seed": s})
+            runs.append({**evaluate_critic_on(critic, eval_set), "finetune": ft_info, "seed": s})
             del critic
         rows.append(summarise_repeats(name, runs, 0 if name == "pretrained" else sizes.finetune_images))
         timing[f"arm_{name}"] = time.time() - t
@@ -709,22 +815,29 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     results = {
         "rows": rows,
         "categories": sorted({c for r in rows for c in r["categories"]}),
+        "elevations": list(dict.fromkeys(eval_set.elevations)),
+        "critic": critic_report(pipeline),
         "config": {"preset": cfg.preset, "sizes": asdict(sizes), "finetune": jsonable(cfg.finetune),
-                   "train_clips": list(TRAIN_CLIPS), "eval_poses": [str(p) for p in eval_motion_paths(cfg)[0]],
-                   "device": str(cfg.device), "seed": cfg.seed, "repeats": cfg.repeats, "ours_rounds": cfg.ours_rounds,
+                   "capture_clips": list(TRAIN_CLIPS), "prior_split": PRIOR_SPLIT,
+                   "eval_poses": str(cfg.eval_poses) if cfg.eval_poses is not None else f"shipped pose bank, split {EVAL_SPLIT!r}",
+                   "eval_clips": sorted({c.split("/", 1)[1] for c in eval_set.categories}), "subjects": list(SUBJECTS),
+                   "mining_factor": cfg.mining_factor,
+                   "device": str(cfg.device), "seed": cfg.seed, "repeats": sizes.repeats, "ours_rounds": cfg.ours_rounds,
                    "round_steps": cfg.round_steps if cfg.ours_rounds > 1 else None, "arms": list(cfg.arms),
                    "relearn": relearned, "ours_prior_fraction": cfg.ours_prior_fraction,
                    "sampler": jsonable(pipeline.config.sampler),
                    "load_config": str(cfg.load_config) if cfg.load_config is not None else None},
         "timing_s": timing,
-        "comparison": comparison_lines(rows),
+        "comparison": comparison(rows),
     }
     print_table(results)
     plot_path = out_dir / "experiment.png"
     plot_results(results, plot_path)
     json_path = Path(cfg.json).expanduser() if cfg.json is not None else out_dir / "experiment.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(jsonlib.dumps(results, indent=1, default=str))
+    tmp = json_path.with_name(f".{json_path.name}.tmp")
+    tmp.write_text(jsonlib.dumps(results, indent=1, default=str))
+    tmp.replace(json_path)
     say(f"wrote {plot_path} and {json_path}; total {timing['total']:.0f} s")
     return results
 
@@ -733,101 +846,174 @@ ROW_METRICS: tuple[str, ...] = ("mpjpe_mm", "pa_mpjpe_mm", "pck150", "auc")
 """Metrics of a row (and of each of its repeats)."""
 
 
+def critic_report(pipeline: Any, num_images: int = 128) -> dict[str, Any]:
+    """The pre-trained critic on held-out frames of its own source set (in-distribution: how good it is where it
+    was trained): ``source_heldout_mpjpe_mm``, ``source_heldout_pa_mpjpe_mm`` (H36M-17, root-relative), ``pretrain_steps``,
+    ``source`` (the source kind), ``num_images``."""
+    from posegen_ns.critic.evaluation import evaluate_critic, sampler_batches
+
+    critic = pipeline.critic
+    sampler = pipeline.source_sampler(split="heldout", num_images=num_images)
+    overall = evaluate_critic(critic, sampler_batches(sampler, num_images, seed=1)).overall()
+    cfg = pipeline.config.critic
+    return {"source_heldout_mpjpe_mm": overall["mpjpe_mm"], "source_heldout_pa_mpjpe_mm": overall["pa_mpjpe_mm"],
+            "pretrain_steps": cfg.pretrain_steps if cfg.name == "default" and cfg.checkpoint is None else None,
+            "source": getattr(cfg, "source", "narrow"), "num_images": overall["num_images"]}
+
+
 def summarise_repeats(name: str, runs: list[dict[str, Any]], num_finetune_images: int) -> dict[str, Any]:
-    """One row of the comparison from the evaluations of its repeats (``evaluate_critic_on`` results
-    with ``finetune`` and ``seed``): every metric is the mean over repeats, ``<metric>_std`` the
-    sample standard deviation (0 with one repeat), categories averaged the same way; ``repeats``
-    keeps each repeat's overall metrics, seed and fine-tuning statistics."""
+    """One row of the comparison from the evaluations of its repeats (``evaluate_critic_on`` results with
+    ``finetune`` and ``seed``): every metric is the mean over repeats with ``<metric>_ci95`` (``[lo, hi]``, Student's
+    t, :func:`posegen_ns.stats.mean_ci95`; NaN with one repeat) and ``<metric>_std``; ``mpjpe_mm_per_repeat`` and
+    ``pa_mpjpe_mm_per_repeat`` keep each repeat's value; ``categories``, ``subjects`` and ``elevations`` are averaged
+    the same way (with ``mpjpe_mm_ci95``); ``repeats`` is their number and ``per_repeat`` keeps each repeat's overall metrics, seed and fine-tuning
+    statistics."""
+    from posegen_ns.stats import mean_ci95
+
     n = len(runs)
 
-    def mean_std(values: list[float]) -> tuple[float, float]:
-        m = sum(values) / n
-        return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+    def summary(values: list[float]) -> dict[str, Any]:
+        iv = mean_ci95(values)
+        m = float(iv.mean)
+        std = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+        return {"mean": m, "ci95": [iv.lo, iv.hi], "std": std}
 
     row: dict[str, Any] = {"name": name}
     for k in ROW_METRICS:
-        row[k], row[f"{k}_std"] = mean_std([r["overall"][k] for r in runs])
+        values = [r["overall"][k] for r in runs]
+        sm = summary(values)
+        row[k], row[f"{k}_ci95"], row[f"{k}_std"] = sm["mean"], sm["ci95"], sm["std"]
+    row["mpjpe_mm_per_repeat"] = [r["overall"]["mpjpe_mm"] for r in runs]
+    row["pa_mpjpe_mm_per_repeat"] = [r["overall"]["pa_mpjpe_mm"] for r in runs]
     row["num_finetune_images"] = num_finetune_images
     row["num_eval_images"] = runs[0]["overall"]["num_images"]
-    cats: dict[str, dict[str, float]] = {}
-    for c in runs[0]["categories"]:
-        cats[c] = {k: mean_std([r["categories"][c][k] for r in runs])[0] for k in runs[0]["categories"][c] if k != "num_images"}
-        cats[c]["num_images"] = runs[0]["categories"][c]["num_images"]
-    row["categories"] = cats
+    for kind in ("categories", "subjects", "elevations"):
+        out: dict[str, dict[str, Any]] = {}
+        for c in runs[0].get(kind, {}):
+            out[c] = {k: summary([r[kind][c][k] for r in runs])["mean"] for k in runs[0][kind][c] if k != "num_images"}
+            out[c]["mpjpe_mm_ci95"] = summary([r[kind][c]["mpjpe_mm"] for r in runs])["ci95"]
+            out[c]["mpjpe_mm_per_repeat"] = [r[kind][c]["mpjpe_mm"] for r in runs]
+            out[c]["num_images"] = runs[0][kind][c]["num_images"]
+        row[kind] = out
     row["finetune"] = runs[0]["finetune"]
-    row["repeats"] = [{**{k: r["overall"][k] for k in ROW_METRICS}, "seed": r["seed"], "finetune": r["finetune"]} for r in runs]
+    row["repeats"] = len(runs)
+    row["per_repeat"] = [{**{k: r["overall"][k] for k in ROW_METRICS}, "seed": r["seed"], "finetune": r["finetune"]} for r in runs]
     return row
 
 
-def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """Plain-text verdict of the comparison: ours' MPJPE and PA-MPJPE against each other row, as differences
-    in mm (with the standard error of the difference of means when rows have repeats) and relative to that row."""
+def comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ours against every other row: for MPJPE and PA-MPJPE the mean difference ``ours - other`` (mm) over repeats
+    with its paired 95 % interval (:func:`posegen_ns.stats.paired_difference_ci95`: repeat k of both rows shares its
+    seed; the pre-trained row, one deterministic value, is subtracted from every repeat) and ``beats``: the whole
+    interval below zero. ``[{"vs", "metric", "mean", "lo", "hi", "n", "relative", "beats"}]``."""
+    from posegen_ns.stats import beats, paired_difference_ci95
+
     by = {r["name"]: r for r in rows}
     if "ours" not in by:
         return []
     o = by["ours"]
-    lines = []
+    out = []
     for name in ARMS:
         if name == "ours" or name not in by:
             continue
         r = by[name]
-        parts = []
-        for key, label in (("mpjpe_mm", "MPJPE"), ("pa_mpjpe_mm", "PA-MPJPE")):
-            diff = o[key] - r[key]
-            se = math.sqrt(sum(x.get(f"{key}_std", 0.0) ** 2 / max(len(x.get("repeats", [0])), 1) for x in (o, r)))
-            noise = f" ± {se:.1f}" if se > 0 else ""
-            parts.append(f"{diff:+.1f}{noise} mm {label} ({100 * diff / r[key]:+.1f} %)")
-        tail = " (± one standard error)" if "±" in parts[0] else " (one repeat each: no error estimate; use --repeats)"
-        lines.append(f"ours vs {name}: " + ", ".join(parts) + tail)
+        for key in ("mpjpe_mm", "pa_mpjpe_mm"):
+            a = o[f"{key}_per_repeat"]
+            b = r[f"{key}_per_repeat"]
+            if len(b) == 1 and len(a) > 1:
+                b = b * len(a)
+            n = min(len(a), len(b))
+            iv = paired_difference_ci95(a[:n], b[:n])
+            out.append({"vs": name, "metric": key, "mean": iv.mean, "lo": iv.lo, "hi": iv.hi, "n": n,
+                        "relative": iv.mean / r[key], "beats": beats(iv)})
+    return out
+
+
+def comparison_lines(results_or_rows: Any) -> list[str]:
+    """Plain-text verdicts of :func:`comparison` (a list of its entries, or the rows): ``ours vs X: -12.3 mm MPJPE
+    [95 % CI -18.0, -6.6] (-4.9 %), ours better`` per arm and metric."""
+    entries = results_or_rows
+    if entries and "vs" not in entries[0]:
+        entries = comparison(entries)
+    lines = []
+    for e in entries:
+        label = "MPJPE" if e["metric"] == "mpjpe_mm" else "PA-MPJPE"
+        ci = f" [95 % CI {e['lo']:+.1f}, {e['hi']:+.1f}]" if e["n"] > 1 and math.isfinite(e["lo"]) else " (one repeat: no interval)"
+        verdict = "ours better" if e["beats"] else ("ours worse" if e["n"] > 1 and e["lo"] > 0 else "not decided")
+        lines.append(f"ours vs {e['vs']}: {e['mean']:+.1f} mm {label}{ci} ({100 * e['relative']:+.1f} %), {verdict}")
     return lines
 
 
 def print_table(results: dict[str, Any]) -> None:
-    """The comparison as a rich table: one row per arm, overall metrics and MPJPE per category."""
+    """The comparison as a rich table: one row per arm, overall metrics as mean ± 95 % interval half-width over
+    repeats, each subject's MPJPE and the MPJPE per category; then the comparison lines."""
     from rich.console import Console
     from rich.table import Table
 
     cats = results["categories"]
-    table = Table(title="PoseGen comparison: critic on held-out motions (before / after fine-tuning)")
-    for col in ("fine-tuned on", "images", "MPJPE mm", "PA-MPJPE mm", "PCK@150 %", "AUC") + tuple(f"{c} MPJPE" for c in cats):
+    subjects = [s for s in SUBJECTS if any(s in r.get("subjects", {}) for r in results["rows"])]
+    table = Table(title="PoseGen comparison: critic on held-out motions (before / after fine-tuning; mean ± 95 % CI)")
+    cols = ("fine-tuned on", "images", "MPJPE mm", "PA-MPJPE mm", "PCK@150 %") + tuple(f"{s} MPJPE" for s in subjects)
+    for col in cols + tuple(f"{c} MPJPE" for c in cats):
         table.add_column(col, justify="left" if col == "fine-tuned on" else "right")
     for r in results["rows"]:
-        pm = (lambda k, f=1.0, d=1: f"{f * r[k]:.{d}f}" + (f" ± {f * r[k + '_std']:.{d}f}" if len(r.get("repeats", [])) > 1 else ""))
-        cells = [r["name"], str(r["num_finetune_images"]), pm("mpjpe_mm"), pm("pa_mpjpe_mm"), pm("pck150", 100.0), pm("auc", d=3)]
+        def pm(k: str, f: float = 1.0, d: int = 1) -> str:
+            lo, hi = r.get(f"{k}_ci95", [math.nan, math.nan])
+            half = 0.5 * (hi - lo)
+            return f"{f * r[k]:.{d}f}" + (f" ± {f * half:.{d}f}" if math.isfinite(half) else "")
+        cells = [r["name"], str(r["num_finetune_images"]), pm("mpjpe_mm"), pm("pa_mpjpe_mm"), pm("pck150", 100.0)]
+        cells += [f"{r['subjects'][s]['mpjpe_mm']:.1f}" if s in r.get("subjects", {}) else "-" for s in subjects]
         cells += [f"{r['categories'][c]['mpjpe_mm']:.1f}" if c in r["categories"] else "-" for c in cats]
         table.add_row(*cells, style="bold" if r["name"] == "ours" else None)
-    console = Console(width=max(Console().width, 120))
+    console = Console(width=max(Console().width, 160))
     console.print(table)
-    for line in comparison_lines(results["rows"]):
+    if results.get("critic"):
+        c = results["critic"]
+        console.print(f"pre-trained critic on held-out frames of its source ({c.get('source')}): MPJPE "
+                      f"{c['source_heldout_mpjpe_mm']:.1f} mm, PA-MPJPE {c['source_heldout_pa_mpjpe_mm']:.1f} mm")
+    for line in comparison_lines(results["comparison"]):
         console.print(line)
 
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
-    """Grouped bars of MPJPE (mm) per motion category and overall, one bar per arm (the pre-trained
-    critic is the "before"); written as a PNG."""
+    """Two panels of grouped bars, one bar per arm with its 95 % interval over repeats: MPJPE (mm) per motion
+    category and overall, and MPJPE per evaluation elevation; written as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = list(results["categories"]) + ["overall"]
     rows = results["rows"]
+    panels = [("categories", list(results["categories"]) + ["overall"], "motion category"),
+              ("elevations", list(results.get("elevations", [])), "camera elevation")]
+    panels = [p for p in panels if p[1]]
     width = 0.8 / max(len(rows), 1)
-    fig, ax = plt.subplots(figsize=(4.5 + 1.6 * len(groups), 3.6), dpi=120)
-    for i, r in enumerate(rows):
-        values = [r["categories"].get(g, {}).get("mpjpe_mm", math.nan) if g != "overall" else r["mpjpe_mm"] for g in groups]
-        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(groups))]
-        label = f"{r['name']} (before)" if r["name"] == "pretrained" else f"{r['name']} (after, {r['num_finetune_images']} images)"
-        err = [0.0] * (len(groups) - 1) + [r.get("mpjpe_mm_std", 0.0)]
-        ax.bar(xs, values, width, yerr=err if any(err) else None, capsize=2, label=label)
-    ax.set_xticks(range(len(groups)), groups)
-    ax.set_ylabel("MPJPE (mm), lower is better")
-    ax.set_title("critic error per motion category, before / after fine-tuning")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 + sum(1.3 * len(p[1]) for p in panels), 3.8), dpi=120,
+                             gridspec_kw={"width_ratios": [len(p[1]) for p in panels]}, squeeze=False)
+    for ax, (kind, groups, xlabel) in zip(axes[0], panels):
+        for i, r in enumerate(rows):
+            values, errs = [], [[], []]
+            for g in groups:
+                entry = {"mpjpe_mm": r["mpjpe_mm"], "mpjpe_mm_ci95": r.get("mpjpe_mm_ci95")} if g == "overall" else r.get(kind, {}).get(g, {})
+                v = entry.get("mpjpe_mm", math.nan)
+                lo, hi = entry.get("mpjpe_mm_ci95") or [math.nan, math.nan]
+                values.append(v)
+                errs[0].append(v - lo if math.isfinite(lo) else 0.0)
+                errs[1].append(hi - v if math.isfinite(hi) else 0.0)
+            xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(groups))]
+            label = f"{r['name']} (before)" if r["name"] == "pretrained" else f"{r['name']} ({r['num_finetune_images']} images)"
+            ax.bar(xs, values, width, yerr=errs, capsize=2, label=label)
+        ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("MPJPE (mm), lower is better")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("critic error before / after fine-tuning (bars: mean over repeats, whiskers: 95 % CI)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
     plt.close(fig)
+    tmp.replace(path)
     return path
 
 

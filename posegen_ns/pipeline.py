@@ -179,7 +179,12 @@ class PoseGenPipeline(VanillaPipeline):
         from posegen_ns.data.poses import load_pose_bank
 
         body_source = config.model.body or capture.body
-        bank = load_pose_bank(body_source, clips=prior_clip_paths(config.sampler.prior_clips), stride=config.sampler.prior_stride)
+        if config.sampler.prior_split is not None:
+            from posegen_ns.data.pose_bank import load_shipped_pose_bank
+
+            bank = load_shipped_pose_bank(split=config.sampler.prior_split)
+        else:
+            bank = load_pose_bank(body_source, clips=prior_clip_paths(config.sampler.prior_clips), stride=config.sampler.prior_stride)
         self.register_buffer("prior_body_pose", bank.body_pose.float().to(device))
         self.register_buffer("prior_global_orient", bank.global_orient.float().to(device))
         self.register_buffer("reference_error", torch.tensor(float("nan"), device=device))
@@ -297,7 +302,7 @@ class PoseGenPipeline(VanillaPipeline):
             return outputs, self.model.get_loss_dict(outputs, batch, metrics), metrics
         if phase == "finetune":
             return self._finetune_step()
-        return self._loop_step()
+        return self.loop_step()
 
     def load_pipeline(self, loaded_state: Dict[str, Any], step: int) -> None:
         """nerfstudio's checkpoint loading (``--load-dir``, ``--load-config``), after checking that the
@@ -321,16 +326,20 @@ class PoseGenPipeline(VanillaPipeline):
             )
         super().load_pipeline(loaded_state, step)
 
-    def source_sampler(self):
-        """The critic's source set (:func:`posegen_ns.data.source_poses.make_source_sampler`, split
-        ``"train"`` at ``1.5 x`` the critic's input size, ``source_images`` renders: the default
-        critic's pre-training set, cached), built on first use."""
-        if self._source_sampler is None:
-            from posegen_ns.data.source_poses import make_source_sampler
+    def source_sampler(self, split: str = "train", num_images: Optional[int] = None):
+        """The critic's source set (:func:`posegen_ns.data.source_poses.make_source_sampler` of the critic's source
+        kind, ``--pipeline.critic.source``) at ``1.5 x`` the critic's input size: ``split`` ``"train"`` with
+        ``source_images`` renders is the default critic's pre-training set (fine-tuning mixes it in; built on first
+        use and kept), ``"heldout"`` its held-out frames, ``"other"`` unusual motions and views."""
+        from posegen_ns.data.source_poses import make_source_sampler
 
-            self._source_sampler = make_source_sampler(
-                self.critic.body, int(1.5 * self.critic.input_size), "train", num_images=self.config.source_images
-            )
+        kind = getattr(self.config.critic, "source", "narrow")
+        size = int(1.5 * self.critic.input_size)
+        if split != "train" or num_images is not None:
+            return make_source_sampler(self.critic.body, size, split, num_images=num_images or self.config.source_images, kind=kind)
+        if self._source_sampler is None:
+            self._source_sampler = make_source_sampler(self.critic.body, size, "train", num_images=self.config.source_images,
+                                                       kind=kind)
         return self._source_sampler
 
     def _finetune_step(self):
@@ -359,7 +368,10 @@ class PoseGenPipeline(VanillaPipeline):
         metrics.update({f"critic_{k}": v.detach() for k, v in losses.items() if k != "loss"})
         return {"rgb": scored.images}, {"critic": losses["loss"]}, metrics
 
-    def _loop_step(self):
+    def loop_step(self):
+        """One phase-2 step: the sampler's losses on a fresh batch against the frozen critic (bounded hardness through
+        the render, adversarial, joint limits, residual, diversity; the discriminator's loss), the hardness reference
+        updated from prior samples. Returns nerfstudio's ``(outputs, loss_dict, metrics_dict)``."""
         cfg = self.config.sampler
         with torch.no_grad():  # running reference: the critic's error on prior samples
             prior_err = self.render_and_score(self.draw(cfg.batch_size, hard=False)).error.nanmean()

@@ -100,14 +100,14 @@ def check_sets(sets: tuple[str, ...], draws: dict[str, Draw]) -> None:
 def main(cfg: AblationConfig) -> dict[str, dict[str, float]]:
     """Fine-tune and evaluate one critic per set of ``cfg.sets``; print a line each and return
     ``{set: {"mpjpe_mm", "pa_mpjpe_mm", "pck150", "finetune_set_error_mm", "seconds"}}`` (mm, fraction, s)."""
-    ecfg = E.ExperimentConfig(preset="full", load_config=cfg.load_config, finetune_images=cfg.finetune_images,
+    ecfg = E.ExperimentConfig(preset="gpu", load_config=cfg.load_config, finetune_images=cfg.finetune_images,
                               finetune_batch=cfg.finetune_batch, finetune_epochs=cfg.finetune_epochs,
                               eval_stride=cfg.eval_stride, eval_elevations=cfg.eval_elevations, seed=cfg.seed)
     sizes = ecfg.sizes()
     p = E.load_trained_pipeline(cfg.load_config)
     draws = make_draws(p)
     check_sets(cfg.sets, draws)
-    eval_batches, categories = E.build_eval_set(p, ecfg, sizes)
+    eval_set = E.build_eval_set(p, ecfg, sizes)
     results: dict[str, dict[str, float]] = {}
     for name in cfg.sets:
         t = time.time()
@@ -119,7 +119,7 @@ def main(cfg: AblationConfig) -> dict[str, dict[str, float]]:
                 batches, info = E.draw_finetune_set(p, draws[name], cfg.finetune_images, cfg.finetune_batch, ecfg.finetune,
                                                     seed=cfg.seed + 100)
             finetune_critic(critic, batches * cfg.finetune_epochs, ecfg.finetune, source=p.source_sampler(), seed=cfg.seed)
-        o = E.evaluate_critic_on(critic, eval_batches, categories)["overall"]
+        o = E.evaluate_critic_on(critic, eval_set)["overall"]
         results[name] = {"mpjpe_mm": o["mpjpe_mm"], "pa_mpjpe_mm": o["pa_mpjpe_mm"], "pck150": o["pck150"],
                          "finetune_set_error_mm": info.get("mean_error_mm", float("nan")), "seconds": time.time() - t}
         r = results[name]

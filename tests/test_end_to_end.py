@@ -156,7 +156,7 @@ def test_black_box_critic_drives_the_generator_by_evolution_strategies(trained_r
     pipeline.train()
     for p in pipeline.model.field.parameters():
         p.requires_grad_(False)
-    _, losses, _ = pipeline._loop_step()
+    _, losses, _ = pipeline.loop_step()
     assert torch.isfinite(losses["hardness"])
     pipeline.generator.zero_grad()
     losses["hardness"].backward()

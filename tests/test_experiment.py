@@ -1,5 +1,5 @@
-"""ns-posegen-experiment at a size below the tiny preset: the four arms, the JSON schema other tools
-read, the plot, and --eval-poses."""
+"""ns-posegen-experiment at a size below the tiny preset: the arms, the JSON schema other tools read, the plot,
+--eval-poses, the statistics against hand-computed intervals, and what each arm's fine-tuning set holds."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def results(tmp_path_factory):
         preset="tiny", output_dir=root / "run", eval_poses=poses, json=root / "out" / "results.json", device="cpu",
         capture_cameras=2, capture_resolution=32, critic_pretrain_steps=10, field_steps=3, loop_steps=2, gan_steps=2,
         sampler_batch=2, finetune_images=4, finetune_batch=2, finetune_epochs=1, eval_max_frames=2, eval_cameras=2,
-        eval_elevations=(0.0,), eval_resolution=32,
+        eval_elevations=(0.0,), eval_resolution=32, repeats=1, mining_factor=2,
     )
     returned = run_experiment(cfg)
     return root, returned
@@ -40,9 +40,15 @@ def test_json_schema_and_rows(results):
             assert isinstance(r[key], float) and math.isfinite(r[key]), (r["name"], key)
         assert 0.0 <= r["pck150"] <= 1.0 and r["pa_mpjpe_mm"] <= r["mpjpe_mm"] + 1e-6
         assert isinstance(r["num_finetune_images"], int)
-        assert r["num_eval_images"] == 2 * 2  # 2 frames x 2 cameras
+        assert r["num_eval_images"] == 2 * 2 * 2  # 2 frames x 2 cameras x 2 subjects
+        assert set(r["subjects"]) == {"capture", "unseen"} and r["subjects"]["capture"]["num_images"] == 4
+        assert list(r["elevations"]) == ["el+00"] and r["repeats"] == 1 and len(r["mpjpe_mm_per_repeat"]) == 1
+        # the overall figure is over both subjects' images
+        assert r["mpjpe_mm"] == pytest.approx(0.5 * (r["subjects"]["capture"]["mpjpe_mm"] + r["subjects"]["unseen"]["mpjpe_mm"]))
     counts = {r["name"]: r["num_finetune_images"] for r in data["rows"]}
-    assert counts == {"pretrained": 0, "random-prior": 4, "posegen-released": 4, "ours": 4}
+    assert counts == {"pretrained": 0, "random-prior": 4, "posegen-released": 4, "mining": 4, "ours": 4, "ours-mesh": 4}
+    assert set(data["critic"]) >= {"source_heldout_mpjpe_mm", "source_heldout_pa_mpjpe_mm", "pretrain_steps"}
+    assert data["critic"]["pretrain_steps"] == 10 and math.isfinite(data["critic"]["source_heldout_mpjpe_mm"])
     # fine-tuning changed every fine-tuned critic: its error differs from the pre-trained one
     before = data["rows"][0]["mpjpe_mm"]
     assert all(r["mpjpe_mm"] != before for r in data["rows"][1:])
@@ -52,16 +58,15 @@ def test_json_schema_and_rows(results):
 def test_eval_poses_and_plot(results):
     root, returned = results
     assert returned["categories"] == ["sports"]  # only the clip passed with --eval-poses
-    assert returned["config"]["eval_poses"][0].endswith("10_03_soccer_kick.bvh")
+    assert returned["config"]["eval_poses"].endswith("eval_poses") and returned["config"]["eval_clips"] == ["10_03_soccer_kick"]
     png = (root / "run" / "experiment.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
 def test_load_config_reuses_a_trained_run(results, monkeypatch):
-    """--load-config: no new ns-train run, the run's prior is cut to the training clips, same row schema."""
+    """--load-config: no new ns-train run, the run's prior is the shipped bank's prior split, same row schema."""
     import posegen_ns.experiment as exp
-    from posegen_ns.data.poses import load_pose_bank
-    from posegen_ns.pipeline import prior_clip_paths
+    from posegen_ns.data.pose_bank import load_shipped_pose_bank
 
     root, first = results
     configs = list((root / "run" / "ns-train").rglob("config.yml"))
@@ -69,19 +74,19 @@ def test_load_config_reuses_a_trained_run(results, monkeypatch):
     loaded = {}
     original = exp.load_trained_pipeline
     monkeypatch.setattr(exp, "load_trained_pipeline", lambda path: loaded.setdefault("pipeline", original(path)))
-    monkeypatch.setattr(exp, "TRAIN_CLIPS", ("09_06_run",))  # a prior unlike the run's (4 clips)
     cfg = ExperimentConfig(
         preset="tiny", output_dir=root / "reuse", load_config=configs[0], eval_poses=root / "eval_poses", device="cpu",
         gan_steps=1, sampler_batch=2, finetune_images=2, finetune_batch=2, finetune_epochs=1, eval_max_frames=1,
-        eval_cameras=2, eval_elevations=(0.0,), eval_resolution=32,
+        eval_cameras=2, eval_elevations=(0.0,), eval_resolution=32, repeats=1, arms=("pretrained", "random-prior", "ours"),
     )
     again = run_experiment(cfg)
     assert not (root / "reuse" / "ns-train").exists()
-    assert [r["name"] for r in again["rows"]] == list(ARMS) and again["config"]["load_config"] == str(configs[0])
-    assert [r["num_finetune_images"] for r in again["rows"]] == [0, 2, 2, 2]
+    assert [r["name"] for r in again["rows"]] == ["pretrained", "random-prior", "ours"]
+    assert again["config"]["load_config"] == str(configs[0])
+    assert [r["num_finetune_images"] for r in again["rows"]] == [0, 2, 2]
     assert "field_and_sampler" not in again["timing_s"] and "load_run" in again["timing_s"]
     pipeline = loaded["pipeline"]
-    bank = load_pose_bank("tiny", clips=prior_clip_paths(("09_06_run",)), stride=pipeline.config.sampler.prior_stride)
+    bank = load_shipped_pose_bank(split="prior")
     assert torch.equal(pipeline.prior_body_pose.cpu(), bank.body_pose)
     with pytest.raises(PoseGenInputError, match="--load-config"):
         run_experiment(ExperimentConfig(output_dir=root / "missing", load_config=root / "nope.yml"))
@@ -128,11 +133,11 @@ def test_relearn_ours_with_sampler_overrides(results):
     assert "released_gan" not in out["timing_s"] and "relearn_sampler" in out["timing_s"]
     # --repeats 2: ours drawn and fine-tuned twice with different seeds, the row is their mean; pretrained once
     pre, ours = out["rows"]
-    assert len(pre["repeats"]) == 1 and pre["mpjpe_mm_std"] == 0.0
-    assert [r["seed"] for r in ours["repeats"]] == [0, 10000] and ours["repeats"][0]["mpjpe_mm"] != ours["repeats"][1]["mpjpe_mm"]
-    a, b = (r["mpjpe_mm"] for r in ours["repeats"])
+    assert pre["repeats"] == 1 and pre["mpjpe_mm_std"] == 0.0
+    assert [r["seed"] for r in ours["per_repeat"]] == [0, 10000] and ours["per_repeat"][0]["mpjpe_mm"] != ours["per_repeat"][1]["mpjpe_mm"]
+    a, b = ours["mpjpe_mm_per_repeat"]
     assert ours["mpjpe_mm"] == pytest.approx((a + b) / 2) and ours["mpjpe_mm_std"] == pytest.approx(abs(a - b) / math.sqrt(2))
-    assert out["comparison"][0].startswith("ours vs pretrained: ")
+    assert out["comparison"][0]["vs"] == "pretrained" and out["comparison"][0]["n"] == 2
 
 
 def test_bad_options_are_refused():
@@ -177,7 +182,7 @@ def test_ours_in_rounds(results, monkeypatch):
     out = run_experiment(cfg)
     (ours,) = out["rows"]
     assert out["config"]["ours_rounds"] == 2 and out["config"]["round_steps"] == 1
-    for rep in ours["repeats"]:
+    for rep in ours["per_repeat"]:
         ft = rep["finetune"]
         assert [r["images"] for r in ft["rounds"]] == [2, 2] and ft["steps"] == 2 and ft["kept"] >= 4
         assert "report" not in ft["rounds"][0] and 0.0 < ft["rounds"][1]["report"]["hardness_ratio"] < 100.0
@@ -192,35 +197,81 @@ def test_ours_in_rounds(results, monkeypatch):
 
 
 def test_repeats_summary_and_comparison_by_hand():
-    """summarise_repeats: mean and sample std per metric and per category; comparison_lines: difference of
-    means with the standard error of that difference."""
-    from posegen_ns.experiment import comparison_lines, summarise_repeats
+    """summarise_repeats: mean, 95 % interval (Student's t) and per-repeat values; comparison: the paired 95 % interval
+    of ours minus each row over repeats that share their seed, against hand-computed numbers."""
+    from posegen_ns.experiment import comparison, comparison_lines, summarise_repeats
 
     def run(mpjpe, seed):
         m = {"mpjpe_mm": mpjpe, "pa_mpjpe_mm": mpjpe / 2, "pck150": 0.5, "auc": 0.25, "num_images": 8}
-        return {"overall": m, "categories": {"sports": dict(m)}, "finetune": {"steps": 3}, "seed": seed}
+        return {"overall": m, "categories": {"sports": dict(m)}, "subjects": {"capture": dict(m)}, "elevations": {},
+                "finetune": {"steps": 3}, "seed": seed}
 
+    t975_2 = 4.302652729911275  # Student's t, 97.5 % quantile, 2 degrees of freedom
     ours = summarise_repeats("ours", [run(190.0, 0), run(200.0, 1), run(210.0, 2)], 256)
+    half = t975_2 * 10.0 / math.sqrt(3)  # sample std 10 over 3 repeats
     assert ours["mpjpe_mm"] == pytest.approx(200.0) and ours["mpjpe_mm_std"] == pytest.approx(10.0)
-    assert ours["pa_mpjpe_mm"] == pytest.approx(100.0) and ours["pck150_std"] == 0.0
+    assert ours["mpjpe_mm_ci95"] == pytest.approx([200.0 - half, 200.0 + half])
+    assert ours["mpjpe_mm_per_repeat"] == [190.0, 200.0, 210.0] and ours["pa_mpjpe_mm_per_repeat"] == [95.0, 100.0, 105.0]
     assert ours["categories"]["sports"]["mpjpe_mm"] == pytest.approx(200.0) and ours["categories"]["sports"]["num_images"] == 8
-    assert [r["seed"] for r in ours["repeats"]] == [0, 1, 2] and ours["num_finetune_images"] == 256
+    assert ours["subjects"]["capture"]["mpjpe_mm_ci95"] == pytest.approx([200.0 - half, 200.0 + half])
+    assert [r["seed"] for r in ours["per_repeat"]] == [0, 1, 2] and ours["num_finetune_images"] == 256 and ours["repeats"] == 3
     pre = summarise_repeats("pretrained", [run(250.0, 0)], 0)
-    prior = summarise_repeats("random-prior", [run(205.0, 0), run(195.0, 1), run(200.0, 2)], 256)
+    assert all(math.isnan(x) for x in pre["mpjpe_mm_ci95"])  # one value: no interval
+    prior = summarise_repeats("random-prior", [run(205.0, 0), run(195.0, 1), run(210.0, 2)], 256)
+    by = {(e["vs"], e["metric"]): e for e in comparison([pre, prior, ours])}
+    e = by[("pretrained", "mpjpe_mm")]  # differences -60, -50, -40: mean -50, std 10
+    assert (e["mean"], e["n"], e["beats"]) == (pytest.approx(-50.0), 3, True)
+    assert (e["lo"], e["hi"]) == (pytest.approx(-50.0 - half), pytest.approx(-50.0 + half))
+    e = by[("random-prior", "mpjpe_mm")]  # differences -15, +5, 0: mean -10/3, std sqrt(325/3)... by hand:
+    d = [-15.0, 5.0, 0.0]
+    m = sum(d) / 3
+    sd = math.sqrt(sum((x - m) ** 2 for x in d) / 2)
+    assert e["mean"] == pytest.approx(m) and e["hi"] == pytest.approx(m + t975_2 * sd / math.sqrt(3)) and not e["beats"]
     lines = comparison_lines([pre, prior, ours])
-    se = math.sqrt(10.0**2 / 3)  # pretrained has no spread
-    assert lines[0] == f"ours vs pretrained: -50.0 ± {se:.1f} mm MPJPE (-20.0 %), -25.0 ± {se / 2:.1f} mm PA-MPJPE (-20.0 %) (± one standard error)"
-    se = math.sqrt(10.0**2 / 3 + 5.0**2 / 3)
-    assert lines[1] == f"ours vs random-prior: +0.0 ± {se:.1f} mm MPJPE (+0.0 %), +0.0 ± {se / 2:.1f} mm PA-MPJPE (+0.0 %) (± one standard error)"
+    assert lines[0].startswith("ours vs pretrained: -50.0 mm MPJPE [95 % CI -74.8, -25.2] (-20.0 %), ours better")
+    assert lines[2].endswith("not decided")
     one = summarise_repeats("ours", [run(190.0, 0)], 256)
-    assert comparison_lines([pre, one])[0].endswith("(one repeat each: no error estimate; use --repeats)")
-    assert comparison_lines([pre, prior]) == []
+    assert comparison_lines([pre, one])[0].endswith("(one repeat: no interval) (-24.0 %), not decided")
+    assert comparison([pre, prior]) == []
+
+
+def test_mining_keeps_the_hardest_prior_samples_and_mixes_the_prior():
+    """The mining arm's hard share is the top-n critic errors of factor * n prior candidates; the rest is prior."""
+    from posegen_ns.experiment import mining_draw
+    from posegen_ns.sampler import PoseCameraSample
+
+    class FakePipeline:
+        drawn: list = []
+
+        def draw(self, n, hard, noise=None):
+            assert not hard  # mining only ever draws from the prior
+            x = torch.rand(n, generator=noise)
+            FakePipeline.drawn.append(x)
+            return PoseCameraSample(x[:, None].expand(n, 69).clone(), torch.zeros(n, 3), torch.zeros(n, 5))
+
+        def render_and_score(self, sample):
+            err = sample.body_pose[:, 0].clone()
+            err[0] = float("nan")  # a failed prediction ranks last
+            return type("S", (), {"error": err})()
+
+    draw = mining_draw(FakePipeline(), factor=4, prior_fraction=0.5, chunk=3)
+    out = draw(6, torch.Generator().manual_seed(0))
+    cand, prior = FakePipeline.drawn
+    assert cand.shape == (12,) and prior.shape == (3,)
+    ranked = cand.clone()
+    ranked[::3] = -1.0  # the first of every scoring chunk of 3 failed (NaN): never picked
+    torch.testing.assert_close(out.body_pose[:3, 0], torch.sort(ranked, descending=True).values[:3])
+    torch.testing.assert_close(out.body_pose[3:, 0], prior)
 
 
 def test_bad_sizes_are_refused():
     with pytest.raises(PoseGenInputError, match="--finetune-images"):
         ExperimentConfig(finetune_images=0).sizes()
     assert ExperimentConfig(preset="full", loop_steps=7).sizes().loop_steps == 7
+    cpu = ExperimentConfig(preset="cpu").sizes()
+    assert cpu.repeats == 5 and cpu.critic_source == "h36m" and min(cpu.eval_elevations) < 0 < 40 <= max(cpu.eval_elevations)
+    with pytest.raises(PoseGenInputError, match="--mining-factor"):
+        ExperimentConfig(mining_factor=0).sizes()
 
 
 def test_too_strict_filter_names_the_fix():

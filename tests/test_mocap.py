@@ -396,3 +396,14 @@ def test_unsupported_extension(tiny, tmp_path):
     p.write_bytes(b"x")
     with pytest.raises(PoseGenInputError, match=r"unsupported extension '\.fbx'"):
         load_motion(p, tiny)
+
+
+def test_frame_indices_spread_over_the_whole_motion():
+    """max_frames takes the first frames by default; with spread, frames evenly spaced over the whole motion
+    (first and last kept), so a long clip costs no more than a short one and every part of it is evaluated."""
+    from posegen_ns.mocap.bvh import frame_indices
+
+    assert frame_indices(100, 1, 2, 5).tolist() == [1, 3, 5, 7, 9]
+    assert frame_indices(100, 1, 2, 5, spread=True).tolist() == [1, 25, 49, 75, 99]
+    assert frame_indices(10, 0, 1, 50, spread=True).tolist() == list(range(10))  # fewer frames than the cap
+    assert frame_indices(4600, 0, 1, 12, spread=True).size == 12

@@ -119,3 +119,16 @@ def test_bad_bank_files_are_named(tmp_path):
     np.savez(bad, **d)
     with pytest.raises(PoseGenInputError, match="format_version"):
         read_pose_bank_file(bad)
+
+
+def test_bank_motions_cap_and_spread_frames_per_clip():
+    from posegen_ns.data.pose_bank import bank_motions, load_shipped_pose_bank
+
+    bank = load_shipped_pose_bank(split="eval")
+    motions = bank_motions(bank, max_frames=5)
+    assert [m.name for m in motions] == bank.clips and all(len(m) == min(5, bank.clip_names.count(m.name)) for m in motions)
+    for m in motions:
+        frames = m.meta["frame_indices"]
+        original = bank.frame_ids[[i for i, n in enumerate(bank.clip_names) if n == m.name]].tolist()
+        assert frames[0] == original[0] and frames[-1] == original[-1]  # spread over the whole clip
+        assert m.meta["category"] == bank.categories[bank.clip_names.index(m.name)]

@@ -105,6 +105,8 @@ def evaluate_critic(
     view_names: Sequence[str] | None = None,
     categories: Mapping[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
+    groups: Mapping[str, Callable[[EvalBatch], Sequence[str]]] | None = None,
+    acc: MetricAccumulator | None = None,
 ) -> MetricAccumulator:
     """Score ``critic`` (an :class:`adapters.protocol.Critic`, put in ``eval_mode()``) on every batch.
 
@@ -119,12 +121,15 @@ def evaluate_critic(
         view_names: names of the camera set, indexed by ``batch.view_index``.
         categories: category of each clip.
         progress: called with the number of images after each batch.
+        groups: more groupings, ``{kind: names(batch)}`` with one group name per image of the batch (e.g.
+            the subject, or the camera elevation).
+        acc: an accumulator to add to (several calls into one summary); default a new one.
 
     Returns:
         The :class:`MetricAccumulator` (``.overall()``, ``.summary("clips")``, ...).
     """
     critic.eval_mode()
-    acc = MetricAccumulator()
+    acc = MetricAccumulator() if acc is None else acc
     device = module_device(critic)
     for batch in batches:
         pred = critic(batch.images.to(device), batch.boxes.to(device))
@@ -136,6 +141,8 @@ def evaluate_critic(
             acc.add("views", [view_names[int(v)] for v in batch.view_index], m)
         if categories is not None:
             acc.add("categories", [categories.get(batch.clip, "unknown")] * B, m)
+        for kind, names in (groups or {}).items():
+            acc.add(kind, names(batch), m)
         if progress is not None:
             progress(B)
     return acc

@@ -5,7 +5,10 @@ on renders of a narrow "source" pose set and evaluated on held-out source poses 
 shipped mocap. This module holds the training core, independent of how images are made
 (``sample_batch``), the console script ``ns-posegen-pretrain-critic`` and the cached default critic
 (:func:`default_critic_checkpoint`). Scores on held-out renders come from
-:func:`posegen_ns.critic.evaluation.evaluate_critic`.
+:func:`posegen_ns.critic.evaluation.evaluate_critic`. Two source sets exist (``--source``): ``narrow``
+(walking seen from the front; the default critic) and ``h36m`` (:mod:`posegen_ns.data.h36m_source`: everyday
+actions from four H36M-like cameras, several subjects; a critic like SPIN). ``--eval-every`` records the
+held-out curve and ``--target-mpjpe-mm`` stops at a held-out target.
 
 ``sample_batch(batch_size, generator) -> dict`` returns (B = batch_size):
     ``images`` (B, 3, H, W) RGB in [0, 1]; ``boxes`` (B, 4) xyxy pixels;

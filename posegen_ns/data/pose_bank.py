@@ -155,3 +155,31 @@ def load_shipped_pose_bank(
         categories=[cats[i] for i in ci],
         frame_ids=torch.from_numpy(d["frame_ids"][idx].astype(np.int64)),
     )
+
+
+def bank_motions(bank: PoseBank, max_frames: int | None = None) -> list:
+    """One :class:`~posegen_ns.mocap.Motion` per clip of ``bank`` (in order), each with at most ``max_frames``
+    frames spread evenly over the whole clip (:func:`posegen_ns.mocap.bvh.frame_indices` with ``spread``),
+    so evaluation on any number of clips has a bounded cost and sees every part of each motion. Translation is
+    kept as stored; ``betas`` is None (the subject's own shape); ``meta["category"]`` is the clip's category.
+
+    Raises:
+        PoseGenInputError: an empty bank or ``max_frames < 1``.
+    """
+    from posegen_ns.mocap import Motion
+    from posegen_ns.mocap.bvh import frame_indices
+
+    if len(bank) == 0:
+        raise PoseGenInputError("bank_motions: the pose bank is empty.")
+    if max_frames is not None and max_frames < 1:
+        raise PoseGenInputError(f"bank_motions: max_frames must be >= 1 (got {max_frames}).")
+    out = []
+    for clip in bank.clips:
+        rows = torch.tensor([i for i, n in enumerate(bank.clip_names) if n == clip])
+        rows = rows[torch.from_numpy(frame_indices(len(rows), 0, 1, max_frames, spread=True))]
+        out.append(Motion(
+            name=clip, global_orient=bank.global_orient[rows], body_pose=bank.body_pose[rows], transl=bank.transl[rows],
+            betas=None, fps=TARGET_FPS, source=shipped_pose_bank_path(), fit_error_mm=None,
+            meta={"category": bank.categories[int(rows[0])], "frame_indices": bank.frame_ids[rows].tolist()},
+        ))
+    return out

@@ -172,17 +172,19 @@ def _body_key(body: BodyModel) -> str:
     return h.hexdigest()[:16]
 
 
-def _fit_cache_path(path: Path, body: BodyModel, stride: int, max_frames: int | None, cfg: FitConfig) -> Path:
+def _fit_cache_path(path: Path, body: BodyModel, stride: int, max_frames: int | None, cfg: FitConfig,
+                    spread: bool = False) -> Path:
     from posegen_ns.body.smpl_files import cache_dir
 
     h = hashlib.sha1(path.read_bytes())
-    h.update(repr((_code_key(), _body_key(body), stride, max_frames, dataclasses.astuple(cfg))).encode())
+    key = (_code_key(), _body_key(body), stride, max_frames, dataclasses.astuple(cfg)) + (("spread",) if spread else ())
+    h.update(repr(key).encode())
     return cache_dir() / "mocap_fits" / f"{path.stem}_{h.hexdigest()[:20]}.npz"
 
 
 def _load_bvh_motion(path: Path, body: BodyModel, stride: int, max_frames: int | None, cfg: FitConfig,
-                     cache: bool) -> Motion:
-    cache_path = _fit_cache_path(path, body, stride, max_frames, cfg) if cache else None
+                     cache: bool, spread: bool = False) -> Motion:
+    cache_path = _fit_cache_path(path, body, stride, max_frames, cfg, spread) if cache else None
     if cache_path is not None and cache_path.is_file():
         try:
             with np.load(cache_path, allow_pickle=False) as d:
@@ -197,10 +199,11 @@ def _load_bvh_motion(path: Path, body: BodyModel, stride: int, max_frames: int |
             logger.warning("ignoring unreadable mocap fit cache %s", cache_path)
     clip = read_bvh(path)  # all frames (cheap); frames are selected below
     skip = 1 if _tpose_frame0(clip) else 0
-    keep = frame_indices(clip.motion.shape[0], skip, stride, max_frames)
+    keep = frame_indices(clip.motion.shape[0], skip, stride, max_frames, spread)
     if keep.size == 0:
         raise PoseGenInputError(f"BVH file {path}: no frames left after skipping {skip}, stride {stride}, max_frames {max_frames}.")
-    clip = dataclasses.replace(clip, motion=clip.motion[keep], frame_indices=keep, frame_time=clip.frame_time * stride)
+    spacing = float(np.diff(keep).mean()) if keep.size > 1 else float(stride)
+    clip = dataclasses.replace(clip, motion=clip.motion[keep], frame_indices=keep, frame_time=clip.frame_time * spacing)
     targets, rig, unit_scale, unit = bvh_targets(clip)
     result = fit_joints(body, targets, rig.smpl_indices(), rig.weights(), cfg)
     meta = {
@@ -240,6 +243,7 @@ def load_motion(
     max_frames: int | None = None,
     fit: FitConfig | None = None,
     cache: bool = True,
+    spread: bool = False,
 ) -> Motion:
     """Load a motion file as body-model parameters for ``body``.
 
@@ -254,6 +258,8 @@ def load_motion(
         stride: keep every ``stride``-th frame (>= 1).
         max_frames: keep at most this many frames.
         fit: fitting options (BVH only).
+        spread: take those ``max_frames`` evenly spaced over the whole motion instead of the first ones
+            (bounded cost for any clip length, every part of the motion represented).
         cache: reuse / store BVH fits under ``cache_dir()/mocap_fits``.
 
     Raises:
@@ -267,9 +273,9 @@ def load_motion(
         raise PoseGenInputError(f"motion file {path} does not exist.")
     suffix = path.suffix.lower()
     if suffix == ".bvh":
-        return _load_bvh_motion(path, body, stride, max_frames, fit or FitConfig(), cache)
+        return _load_bvh_motion(path, body, stride, max_frames, fit or FitConfig(), cache, spread)
     if suffix == ".npz":
-        d = read_amass_npz(path, body, stride=stride, max_frames=max_frames)
+        d = read_amass_npz(path, body, stride=stride, max_frames=max_frames, spread=spread)
         return Motion(
             name=path.stem, global_orient=d["global_orient"], body_pose=d["body_pose"], transl=d["transl"],
             betas=d["betas"], fps=d["fps"], source=path, fit_error_mm=None,

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.geometry import axis_angle_to_matrix, matrix_to_axis_angle
+from posegen_ns.mocap.bvh import frame_indices
 
 Z_UP_TO_Y_UP = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 """Rotation by -90 degrees about x: AMASS z-up world -> posegen-ns y-up world."""
@@ -73,6 +74,7 @@ def read_amass_npz(
     body,
     stride: int = 1,
     max_frames: int | None = None,
+    spread: bool = False,
 ) -> dict:
     """Read an AMASS-style ``.npz`` into y-up SMPL parameters for ``body``.
 
@@ -82,6 +84,8 @@ def read_amass_npz(
             root; its ``num_betas`` sizes the returned betas).
         stride: keep every ``stride``-th frame.
         max_frames: keep at most this many frames (after striding).
+        spread: spread those frames evenly over the whole motion instead of taking the first ones
+            (:func:`posegen_ns.mocap.bvh.frame_indices`).
 
     Returns:
         dict with ``global_orient (T, 3)``, ``body_pose (T, 69)``, ``transl (T, 3)`` (float32
@@ -128,9 +132,7 @@ def read_amass_npz(
             raise PoseGenInputError(f"AMASS file {path}: field '{key}' contains NaN or inf (frames {rows}).")
     if not fps > 0:
         raise PoseGenInputError(f"AMASS file {path}: '{fps_key}' is {fps}; expected a positive frame rate.")
-    keep = np.arange(0, poses.shape[0], stride)
-    if max_frames is not None:
-        keep = keep[: max(max_frames, 0)]
+    keep = frame_indices(poses.shape[0], 0, stride, max_frames, spread)
     pose72 = poses[keep, :72].copy()
     if poses.shape[1] > 72:
         pose72[:, 66:72] = 0.0  # SMPL-H/X: these values are fingers/jaw, not SMPL's hand joints

@@ -274,11 +274,17 @@ def read_bvh(
     )
 
 
-def frame_indices(num_frames: int, skip_frames: int = 0, stride: int = 1, max_frames: int | None = None) -> np.ndarray:
-    """``(T,)`` indices of the frames kept: from ``skip_frames`` every ``stride``-th, at most ``max_frames``."""
+def frame_indices(num_frames: int, skip_frames: int = 0, stride: int = 1, max_frames: int | None = None,
+                  spread: bool = False) -> np.ndarray:
+    """``(T,)`` indices of the frames kept: from ``skip_frames`` every ``stride``-th, at most ``max_frames``:
+    the first ``max_frames`` of them, or with ``spread`` ``max_frames`` of them evenly spaced over the whole
+    motion (first and last included), so that a long clip is sampled throughout at a bounded cost."""
     keep = np.arange(skip_frames, num_frames, stride)
-    if max_frames is not None:
-        keep = keep[: max(max_frames, 0)]
+    if max_frames is not None and len(keep) > max(max_frames, 0):
+        if spread and max_frames > 1:
+            keep = keep[np.round(np.linspace(0, len(keep) - 1, max_frames)).astype(np.int64)]
+        else:
+            keep = keep[: max(max_frames, 0)]
     return keep
 
 

@@ -51,6 +51,10 @@ class SamplerConfig:
     """Momentum of the running critic error on prior samples (the hardness reference)."""
     prior_stride: int = 4
     """Frame stride when fitting the shipped mocap for the pose prior."""
+    prior_split: Optional[str] = None
+    """Draw the pose prior from this split of the shipped pose bank (``'prior'``: every CMU clip that is neither
+    the critic's source nor held out for evaluation, :mod:`posegen_ns.data.splits`) instead of fitting
+    ``prior_clips``; loads instantly. Default: ``prior_clips``."""
     prior_clips: Optional[Tuple[str, ...]] = None
     """Clips of the pose prior: motion files (.bvh / AMASS .npz) or names of shipped clips (default: every shipped clip)."""
     azimuth_range: tuple = (-math.pi, math.pi)
