@@ -36,6 +36,10 @@ Hence the critic's differentiable output is the soft-argmax joints, not the IK m
 The rest skeleton comes from the caller's body model (:func:`rest_joints_29`); the 5 leaves are
 SMPL vertices ``(411, 2445, 5905, 3216, 6617)`` on SMPL's 6890-vertex mesh (HybrIK's choice) and
 chosen by :func:`leaf_vertex_ids` on other meshes (the open and tiny bodies).
+
+The inverse, for labels (the exporter's ``angle_twist``): :func:`swing_twist_split` splits a
+rotation into the minimal swing of its twist axis and the twist about it, :func:`twist_angles`
+gives the 23 twist angles of an SMPL ``body_pose``.
 """
 
 from __future__ import annotations
@@ -145,6 +149,58 @@ def twist_rotation(axis: Tensor, phi: Tensor) -> Tensor:
     phi = phi / (phi.norm(dim=-1, keepdim=True) + _EPS)
     unit = axis / (axis.norm(dim=-1, keepdim=True) + _EPS)
     return _rodrigues(unit, phi[..., 0], phi[..., 1])
+
+
+TWIST_UNDEFINED_EPS = 1e-6
+""":func:`swing_twist_split`: where the squared norm of the twist quaternion's ``(w, v . axis)``
+part is below this, the rotation swings the bone by ~pi and its twist is undefined (NaN)."""
+
+
+def twist_axes(rest_joints: Tensor) -> Tensor:
+    """Twist axes ``(B, 23, 3)`` of joints 1..23: their rest bones ``rest[child(i)] - rest[i]``
+    (:data:`HYBRIK_CHILD_24`), in the joint's local (rest) frame, for ``rest_joints (B, 29, 3)``
+    (:func:`rest_joints_29`). Not normalised."""
+    return rest_joints[:, list(HYBRIK_CHILD_24[1:])] - rest_joints[:, 1:24]
+
+
+def swing_twist_split(rotmat: Tensor, axis: Tensor) -> tuple[Tensor, Tensor]:
+    """Split rotations into HybrIK's swing and twist: ``rotmat = swing @ twist`` with ``twist`` a
+    rotation about ``axis`` and ``swing`` the minimal rotation taking ``axis`` to ``rotmat @ axis``
+    (so ``swing == rotation_between(axis, rotmat @ axis)``), the composition :func:`hybrik_ik` builds
+    (``rotation_between(...) @ twist_rotation(axis, (cos, sin))``).
+
+    With the unit quaternion ``q = (w, v)`` of ``rotmat`` and ``u = axis / |axis|``, the twist is
+    the quaternion ``(w, (v . u) u)`` normalised, i.e. the angle ``2 atan2(v . u, w)`` about ``u``
+    (HybrIK's ``angle_twist``; same value as its ``get_twist``, which divides the swing out of the
+    matrix).
+
+    Args:
+        rotmat: ``(..., 3, 3)`` rotations.
+        axis: ``(..., 3)`` twist axes (any length > 0).
+
+    Returns:
+        ``swing (..., 3, 3)`` and ``angle (...)`` radians in ``(-pi, pi]``; NaN angle (and the
+        swing of angle 0) where the twist is undefined (:data:`TWIST_UNDEFINED_EPS`).
+    """
+    q = roma.rotmat_to_unitquat(rotmat)  # (..., 4) XYZW
+    unit = axis / (axis.norm(dim=-1, keepdim=True) + _EPS)
+    p = (q[..., :3] * unit).sum(-1)
+    w = q[..., 3]
+    undefined = p * p + w * w < TWIST_UNDEFINED_EPS
+    angle = 2.0 * torch.atan2(p, w)
+    angle = torch.atan2(torch.sin(angle), torch.cos(angle))  # wrap to (-pi, pi]
+    safe = torch.where(undefined, torch.zeros_like(angle), angle)
+    twist = _rodrigues(unit, torch.cos(safe), torch.sin(safe))
+    swing = rotmat @ twist.transpose(-1, -2)
+    return swing, torch.where(undefined, torch.full_like(angle, float("nan")), angle)
+
+
+def twist_angles(rotmat: Tensor, rest_joints: Tensor) -> Tensor:
+    """HybrIK's twist angles ``(B, 23)`` (radians in ``(-pi, pi]``, NaN where undefined) of the
+    local rotations ``rotmat (B, 23, 3, 3)`` of joints 1..23 (SMPL ``body_pose`` as matrices) about
+    their rest bones (:func:`twist_axes` of ``rest_joints (B, 29, 3)``). Feeding
+    ``(cos, sin)`` of them and the posed 29 joints to :func:`hybrik_ik` rebuilds ``rotmat``."""
+    return swing_twist_split(rotmat, twist_axes(rest_joints).to(rotmat))[1]
 
 
 def root_rotation_svd(pred_bones: Tensor, rest_bones: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 """Dataset formats written next to an export's own ``labels.npz``: SPIN's ``dataset_extras`` npz
-and a COCO-style JSON with 3D keypoints as HybrIK's Human3.6M-SMPL loader reads it.
+and a COCO-style JSON with 3D keypoints as HybrIK's Human3.6M-SMPL loader reads it, in HybrIK's
+folder layout (``ROOT/annotations/<name>_protocol_<P>.json`` + ``ROOT/images/``).
 
 Everything here is a pure function of the exported label arrays (``posegen_ns.export.LABEL_FIELDS``,
 N samples first), so a dataset written in one process, resumed after a crash, or merged from
@@ -10,8 +11,8 @@ shards gives byte-identical files.
 - ``imgname (N,)`` str: image paths relative to the dataset folder (SPIN's ``DATASET_FOLDERS``).
 - ``center (N, 2)``, ``scale (N,)``: the person box as SPIN stores it, centre in pixels and
   ``box size / 200``; the box is the exporter's ``boxes`` label, a square 1.2 x the extent of the
-  SMPL-24 joints (SPIN's ``scaleFactor = 1.2`` around the keypoints, as its 3DPW / MPI-INF-3DHP
-  preprocessing).
+  projected H36M-17 joints (``posegen_ns.labels.person_boxes``; SPIN's ``scaleFactor = 1.2``
+  around the keypoints, as its 3DPW / MPI-INF-3DHP preprocessing).
 - ``part (N, 24, 3)``: 2D keypoints in pixels in SPIN's 24-joint order (``constants.JOINT_NAMES[25:]``)
   with visibility. The 17 H36M joints go where SPIN's ``h36m_train.py`` puts them (its
   ``global_idx``, matched by joint name: pelvis -> 'Pelvis (MPII)', thorax -> 'Neck (LSP)',
@@ -22,17 +23,32 @@ shards gives byte-identical files.
   (as every SPIN preprocessing script) with confidence 1 (0 for the joints we do not have).
 - ``pose (N, 72)``: SMPL pose with the global orientation in the camera frame (SPIN's ``pw3d.py``:
   ``R_cam @ R_global``), then the 23 body joints. ``shape (N, 10)``: betas, zero-padded to 10.
-- extra keys SPIN's loader ignores: ``maskname (N,)``, ``has_smpl (N,)``, ``root_cam (N, 3)`` (the
+- ``has_smpl (N,)``: 1 only when the body is an official SMPL model (:func:`is_official_smpl`), else
+  0. SPIN runs the official SMPL on ``pose``/``shape`` and uses the result as ground truth for joints,
+  vertices, camera and shape wherever ``has_smpl`` is 1; for another body (the open default body, the
+  tiny test body) ``shape`` means nothing to SMPL and ``pose`` only approximately the same thing, so
+  SPIN must train on the keypoints alone. (Real SMPL parameters for such a body need a fit of the
+  official SMPL model to the posed body; not done here.)
+- extra keys SPIN's loader ignores: ``maskname (N,)``, ``root_cam (N, 3)`` (the
   H36M pelvis, camera frame, metres: ``part = project(S + root_cam)``), ``K (N, 3, 3)``.
 
-``coco3d.json`` matches HybrIK's ``H36mSMPL._load_jsons`` (Jeff-sjtu/HybrIK,
-``hybrik/datasets/h36m_smpl.py``): parallel ``images`` / ``annotations`` lists (one person per
-image, same order), ``images[i]``: ``id``, ``file_name`` (relative to ``images/``), ``width``,
+``annotations/posegen_protocol_2.json`` (:func:`write_hybrik_annotations`; ``_protocol_1`` is the
+same file, hard-linked) matches HybrIK's ``H36mSMPL._load_jsons`` (Jeff-sjtu/HybrIK,
+``hybrik/datasets/h36m_smpl.py``), which reads ``ROOT/annotations/<TRAIN_SET>_protocol_<P>.json``
+and images from ``ROOT/images/<file_name>``: parallel ``images`` / ``annotations`` lists (one person
+per image, same order), ``images[i]``: ``id``, ``file_name`` (relative to ``images/``), ``width``,
 ``height``, ``cam_param {f: [fx, fy], c: [cx, cy], R, t}``; ``annotations[i]``: ``id``,
 ``image_id``, ``bbox [x, y, w, h]`` (tight silhouette box), ``area``, ``h36m_joints`` (17 x 3),
-``smpl_joints`` (24 x 3), ``root_coord`` (the H36M pelvis), all camera frame in **millimetres** as
-HybrIK's Human3.6M files; ``thetas`` (72, camera-frame global orientation first) and ``betas``
-(10). Each annotation also carries ``smpl_param {pose, shape, trans}`` (``trans`` in metres:
+``smpl_joints`` (**29 x 3**: SMPL-24 then head top, left / right middle finger tip, left / right big
+toe, the body's leaf vertices posed, :data:`HYBRIK29_JOINT_NAMES`; HybrIK zero-pads a 24-joint list
+and still marks all 29 visible), ``root_coord`` (the H36M pelvis, as HybrIK's Human3.6M files; its
+loader takes the 29 joints' depths relative to ``smpl_joints[0]``, the SMPL pelvis), all camera frame
+in **millimetres** as HybrIK's Human3.6M files; ``thetas`` (72, camera-frame global orientation
+first), ``betas`` (10) and ``angle_twist {angle, cos, sin}`` (23 each: the twist of SMPL joints
+1..23 about their rest bones, :func:`adapters.hybrik_ik.twist_angles`, radians; ``-999`` where
+undefined, HybrIK's "invalid" value, which its loader weights 0). Extra keys HybrIK ignores:
+``has_smpl`` (as SPIN's; HybrIK's ``H36mSMPL`` has no such switch and always weights its theta /
+beta losses 1) and ``smpl_param {pose, shape, trans}`` (``trans`` in metres:
 ``SMPL(pose, shape) + trans`` is the body in the camera frame) for generic COCO-3D readers.
 
 Pixel coordinates follow the exporter: ``u = fx x / z + cx`` with ``K`` as exported (the image's
@@ -53,7 +69,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from posegen_ns.body.joint_sets import H36M_JOINT_NAMES, SMPL_JOINT_NAMES
+from adapters.hybrik_ik import HYBRIK_JOINT_NAMES_29
+from posegen_ns.body.joint_sets import H36M_JOINT_NAMES
+from posegen_ns.body.model import BodyModel
 
 SPIN24_JOINT_NAMES: tuple[str, ...] = (
     "Right Ankle", "Right Knee", "Right Hip", "Left Hip", "Left Knee", "Left Ankle",
@@ -75,6 +93,27 @@ H36M_TO_SPIN24: tuple[int, ...] = tuple(SPIN24_JOINT_NAMES.index(_H36M_NAME_TO_S
 
 SPIN_NUM_BETAS = 10
 COCO3D_LOADER = "HybrIK hybrik/datasets/h36m_smpl.py H36mSMPL._load_jsons"
+HYBRIK29_JOINT_NAMES: tuple[str, ...] = HYBRIK_JOINT_NAMES_29
+"""HybrIK's 29 joints (:data:`adapters.hybrik_ik.HYBRIK_JOINT_NAMES_29`): SMPL-24 then the 5 leaves."""
+HYBRIK_ANNOTATION_NAME = "posegen"
+"""The ``TRAIN_SET`` / ``TEST_SET`` name of the export in HybrIK's config:
+``annotations/posegen_protocol_2.json``."""
+HYBRIK_PROTOCOLS: tuple[int, ...] = (2, 1)
+"""Protocols whose annotation file is written (HybrIK's ``DATASET.PROTOCOL`` picks the file; the
+content is the same, protocol 1 only makes its evaluation Procrustes-align)."""
+HYBRIK_INVALID_TWIST = -999.0
+"""HybrIK's value for an undefined twist angle (its loader gives angles below -10 weight 0)."""
+SMPL_NUM_VERTICES = 6890
+
+
+def is_official_smpl(body: BodyModel) -> bool:
+    """Whether ``body``'s parameters are official SMPL parameters (what SPIN's and HybrIK's SMPL
+    layers expect): SMPL's 6890-vertex topology, pose correctives present (official SMPL has them;
+    the project's converted bodies have none), and not loaded from the project's own converted files
+    (the open default body ``open_body_*.npz``, the tiny test body ``tiny_body_*.npz``)."""
+    name = Path(getattr(body, "model_path", "")).name
+    own = name.startswith(("open_body", "tiny_body"))
+    return body.num_vertices == SMPL_NUM_VERTICES and bool(body.has_pose_correctives) and not own
 
 
 # ---------------------------------------------------------------------------------------- labels
@@ -121,7 +160,7 @@ def spin_arrays(labels: Mapping[str, np.ndarray], image_names: Sequence[str], ma
     Args:
         labels: the export's label arrays (``joints_h36m_2d (N, 17, 2)``, ``joints_h36m_cam
             (N, 17, 3)``, ``boxes (N, 4)``, ``global_orient_cam (N, 3)``, ``body_pose (N, 69)``,
-            ``betas (N, S)``, ``K (N, 3, 3)``).
+            ``betas (N, S)``, ``K (N, 3, 3)``, ``has_smpl (N,)``).
         image_names, mask_names: ``N`` paths relative to the dataset folder.
     """
     j2d = np.asarray(labels["joints_h36m_2d"], np.float32)
@@ -147,7 +186,7 @@ def spin_arrays(labels: Mapping[str, np.ndarray], image_names: Sequence[str], ma
         "S": S,
         "pose": np.concatenate([labels["global_orient_cam"], labels["body_pose"]], 1).astype(np.float32),
         "shape": shape,
-        "has_smpl": np.ones(N, np.float32),
+        "has_smpl": np.asarray(labels["has_smpl"], np.float32),
         "maskname": np.asarray(mask_names, dtype=str),
         "root_cam": root,
         "K": np.asarray(labels["K"], np.float32),
@@ -171,7 +210,10 @@ def coco3d_records(
     K = np.asarray(labels["K"], np.float64)
     mm = 1000.0
     jh = np.asarray(labels["joints_h36m_cam"], np.float64) * mm
-    js = np.asarray(labels["joints_smpl_cam"], np.float64) * mm
+    js = np.asarray(labels["joints_hybrik29_cam"], np.float64) * mm  # (N, 29, 3)
+    twist = np.asarray(labels["twist_angle"], np.float64)  # (N, 23), NaN where undefined
+    twist = np.where(np.isfinite(twist), twist, HYBRIK_INVALID_TWIST)
+    has_smpl = np.asarray(labels["has_smpl"])
     betas = np.zeros((K.shape[0], SPIN_NUM_BETAS))
     b = np.asarray(labels["betas"], np.float64)[:, :SPIN_NUM_BETAS]
     betas[:, : b.shape[1]] = b
@@ -190,6 +232,8 @@ def coco3d_records(
             "bbox": _r([x0, y0, x1 - x0, y1 - y0], 3), "area": float(labels["mask_area"][i]),
             "h36m_joints": _r(jh[i].reshape(-1), 4), "smpl_joints": _r(js[i].reshape(-1), 4),
             "root_coord": _r(jh[i, 0], 4), "thetas": theta, "betas": _r(betas[i], 7),
+            "angle_twist": {"angle": _r(twist[i], 7), "cos": _r(np.cos(twist[i]), 7), "sin": _r(np.sin(twist[i]), 7)},
+            "has_smpl": int(has_smpl[i] > 0),
             "smpl_param": {"pose": theta, "shape": _r(betas[i], 7), "trans": _r(labels["transl_cam"][i], 7)},
         }
         yield image, ann
@@ -208,7 +252,9 @@ def write_coco3d_json(path: Path, labels: Mapping[str, np.ndarray], image_names:
         "frames": "camera frame (OpenCV: x right, y down, z forward); thetas / smpl_param.pose root in the camera frame",
         "images_root": "images",
         "h36m_joint_names": list(H36M_JOINT_NAMES),
-        "smpl_joint_names": list(SMPL_JOINT_NAMES),
+        "smpl_joint_names": list(HYBRIK29_JOINT_NAMES),
+        "angle_twist": "twist of SMPL joints 1..23 about their rest bones (HybrIK), radians; "
+                       f"{HYBRIK_INVALID_TWIST:g} where undefined",
         **(dict(info) if info else {}),
     }
     dumps = lambda x: json.dumps(x, separators=(",", ":"))  # noqa: E731
@@ -226,3 +272,32 @@ def write_coco3d_json(path: Path, labels: Mapping[str, np.ndarray], image_names:
     finally:
         side.unlink(missing_ok=True)
     os.replace(tmp, path)
+
+
+def hybrik_annotation_path(folder: Path, protocol: int = 2, name: str = HYBRIK_ANNOTATION_NAME) -> Path:
+    """Where HybrIK's ``H36mSMPL(ann_file=name, root=folder)`` with ``DATASET.PROTOCOL = protocol``
+    reads its annotations: ``folder/annotations/<name>_protocol_<protocol>.json``."""
+    return Path(folder) / "annotations" / f"{name}_protocol_{protocol}.json"
+
+
+def write_hybrik_annotations(folder: Path, labels: Mapping[str, np.ndarray], image_names: Sequence[str], width: int,
+                             height: int, info: Mapping | None = None) -> list[Path]:
+    """Write the COCO-3D JSON (:func:`write_coco3d_json`) as HybrIK's layout wants it,
+    ``folder/annotations/<HYBRIK_ANNOTATION_NAME>_protocol_<P>.json`` for each of
+    :data:`HYBRIK_PROTOCOLS` (one file, the others hard links or copies), next to ``folder/images/``.
+
+    Returns:
+        The paths written, protocol 2 first.
+    """
+    paths = [hybrik_annotation_path(folder, p) for p in HYBRIK_PROTOCOLS]
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    write_coco3d_json(paths[0], labels, image_names, width, height, info=info)
+    for other in paths[1:]:
+        tmp = other.with_name(f".{other.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(paths[0], tmp)
+        except OSError:
+            shutil.copyfile(paths[0], tmp)
+        os.replace(tmp, other)
+    return paths

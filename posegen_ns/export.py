@@ -2,12 +2,13 @@
 
 Layout of ``--output-dir``::
 
-    images/000000.png ...   rendered RGB, H x W (named by sample index)
-    masks/000000.png  ...   alpha > 0.5 silhouettes (0 / 255)
-    labels.npz              per-sample arrays (N first, index order), see LABEL_FIELDS
-    manifest.json           counts, conventions, the run, per-sample files and critic errors
-    spin.npz                SPIN's dataset_extras layout       (posegen_ns.dataset_formats)
-    coco3d.json             COCO-style 3D keypoints for HybrIK (posegen_ns.dataset_formats)
+    images/act_02_000000.png ...  rendered RGB, H x W (named by sample index, :func:`image_name`)
+    masks/act_02_000000.png  ...  alpha > 0.5 silhouettes (0 / 255), same names
+    labels.npz                    per-sample arrays (N first, index order), see LABEL_FIELDS
+    manifest.json                 counts, conventions, the run, per-sample files and critic errors
+    spin.npz                      SPIN's dataset_extras layout (posegen_ns.dataset_formats)
+    annotations/posegen_protocol_2.json   COCO-style 3D keypoints in HybrIK's H36mSMPL layout
+    annotations/posegen_protocol_1.json   the same file (hard link), for HybrIK's protocol 1
 
 Labels are exact: ``joints_*_cam = R @ joints_world + t`` for the body model's joints at the
 exported (body_pose, global_orient, betas, transl), and ``joints_*_2d`` are those points projected
@@ -63,19 +64,24 @@ import torch
 import tyro
 
 from posegen_ns.body.joint_sets import H36M_JOINT_NAMES, SMPL_JOINT_NAMES
+from adapters.hybrik_ik import leaf_vertex_ids, rest_joints_29, twist_angles
 from posegen_ns.dataset_formats import (
     COCO3D_LOADER,
+    HYBRIK29_JOINT_NAMES,
+    HYBRIK_ANNOTATION_NAME,
+    is_official_smpl,
     save_npz_deterministic,
     silhouette_boxes,
-    write_coco3d_json,
+    write_hybrik_annotations,
     write_spin_npz,
 )
 from posegen_ns.cli import load_run, progress, run_console_script
 from posegen_ns.data.capture_data import write_png
 from posegen_ns.errors import PoseGenInputError
+from posegen_ns.geometry import axis_angle_to_matrix, project_points
 from posegen_ns.labels import camera_frame_smpl, concat_samples
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 LABEL_FIELDS: Dict[str, str] = {
     "sample_index": "(N,) int64 sample index (names the image and mask files)",
@@ -92,7 +98,16 @@ LABEL_FIELDS: Dict[str, str] = {
     "joints_h36m_cam": "(N, 17, 3) H36M-17 joints, camera frame, metres",
     "joints_smpl_2d": "(N, 24, 2) SMPL-24 joints, pixels",
     "joints_h36m_2d": "(N, 17, 2) H36M-17 joints, pixels",
-    "boxes": "(N, 4) person boxes x0, y0, x1, y1 (square, 1.2 x the SMPL-24 joints' extent), pixels",
+    "joints_hybrik29_cam": "(N, 29, 3) HybrIK's 29 joints: SMPL-24, then head top, left / right middle finger tip, "
+                           "left / right big toe (the body's leaf vertices, adapters.hybrik_ik.leaf_vertex_ids, "
+                           "posed), camera frame, metres",
+    "joints_hybrik29_2d": "(N, 29, 2) the same 29 joints, pixels",
+    "twist_angle": "(N, 23) twist of SMPL joints 1..23 about their rest bones (HybrIK's angle_twist, "
+                   "adapters.hybrik_ik.twist_angles), radians in (-pi, pi]; NaN where undefined",
+    "has_smpl": "(N,) 1 when the body is an official SMPL model (pose/betas are SMPL parameters), else 0 "
+                "(posegen_ns.dataset_formats.is_official_smpl)",
+    "boxes": "(N, 4) person boxes x0, y0, x1, y1 (square, 1.2 x the H36M-17 joints' extent, "
+             "posegen_ns.labels.person_boxes), pixels",
     "mask_boxes": "(N, 4) tight silhouette boxes x0, y0, x1, y1 (x1, y1 exclusive), pixels; `boxes` where the mask is empty",
     "mask_area": "(N,) silhouette area, pixels",
     "critic_pred": "(N, J, 3) the critic's root-relative prediction, camera frame, metres",
@@ -155,9 +170,20 @@ def sample_seed(seed: int, index: int) -> int:
     return int(words[0]) | (int(words[1]) << 32)
 
 
+HYBRIK_EVAL_ACTION = 2
+"""The Human3.6M action number in every image name. HybrIK's H36M evaluation
+(``H36mSMPL.evaluate_*``) parses the action from the image path: the two digits after the first
+``"act_"`` (with ``k = path.find('act')``, ``int(path[k + 4:k + 6]) - 2`` indexes its 15 actions
+2..16), and crashes on names without them; every sample is filed under action 2 ('Directions') of its
+per-action table, so read only its overall figures. The parse looks at the *whole* path: the
+dataset folder's own path must not contain ``act`` (e.g. ``/data/extract/...``)."""
+
+
 def image_name(index: int, num_samples: int) -> str:
-    """File name of sample ``index`` (zero-padded to at least 6 digits, same width for all samples)."""
-    return f"{index:0{max(6, len(str(num_samples - 1)))}d}.png"
+    """File name of sample ``index``: ``act_02_<index>.png``, the index zero-padded to at least 6
+    digits, the same width for all samples of an export (:data:`HYBRIK_EVAL_ACTION`). A function of
+    ``(index, num_samples)`` only, so resume, shards and merge name every sample alike."""
+    return f"act_{HYBRIK_EVAL_ACTION:02d}_{index:0{max(6, len(str(num_samples - 1)))}d}.png"
 
 
 def shard_batches(num_samples: int, batch_size: int, shard_index: int = 0, num_shards: int = 1) -> List[tuple[int, int]]:
@@ -192,6 +218,33 @@ def draw_samples(pipeline, indices: Sequence[int], hard: bool, seed: int):
     ])
 
 
+def hybrik_labels(body, s) -> Dict[str, torch.Tensor]:
+    """HybrIK's extra labels of labelled samples ``s`` (:class:`~posegen_ns.labels.SampleBatch`, B
+    samples) posed by ``body`` (:class:`~posegen_ns.body.BodyModel`):
+
+    - ``joints_hybrik29_cam (B, 29, 3)`` metres, camera frame, and ``joints_hybrik29_2d (B, 29, 2)``
+      pixels: SMPL-24 (``s.joints_smpl_*`` as they are) then the 5 leaf vertices
+      (:func:`adapters.hybrik_ik.leaf_vertex_ids`: HybrIK's SMPL vertices on SMPL, the equivalent
+      extreme vertices on other meshes) of the posed mesh, projected by
+      :func:`posegen_ns.geometry.project_points` as the other joints;
+    - ``twist_angle (B, 23)`` radians (:func:`adapters.hybrik_ik.twist_angles` of ``body_pose``
+      about the shaped rest bones);
+    - ``has_smpl (B,)`` 1 / 0 (:func:`posegen_ns.dataset_formats.is_official_smpl`).
+    """
+    B = s.body_pose.shape[0]
+    betas = s.betas.to(body.v_template)
+    ids = leaf_vertex_ids(body)
+    verts = body(s.body_pose.to(betas), s.global_orient.to(betas), betas, s.transl.to(betas)).vertices
+    leaf_2d, leaf_cam = project_points(verts[:, ids.to(verts.device)], s.K.to(betas), s.R.to(betas), s.t.to(betas))
+    rotmat = axis_angle_to_matrix(s.body_pose.to(betas).reshape(B, 23, 3))
+    return {
+        "joints_hybrik29_cam": torch.cat([s.joints_smpl_cam.to(betas), leaf_cam], 1),
+        "joints_hybrik29_2d": torch.cat([s.joints_smpl_2d.to(betas), leaf_2d], 1),
+        "twist_angle": twist_angles(rotmat, rest_joints_29(body, betas, ids)),
+        "has_smpl": torch.full((B,), float(is_official_smpl(body))),
+    }
+
+
 def render_batch(pipeline, indices: Sequence[int], hard: bool, seed: int) -> tuple[Dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Render and label samples ``indices``.
 
@@ -213,6 +266,7 @@ def render_batch(pipeline, indices: Sequence[int], hard: bool, seed: int) -> tup
         "K": s.K, "R": s.R, "t": s.t, "joints_smpl_cam": s.joints_smpl_cam, "joints_h36m_cam": s.joints_h36m_cam,
         "joints_smpl_2d": s.joints_smpl_2d, "joints_h36m_2d": s.joints_h36m_2d, "boxes": s.boxes,
         "mask_boxes": mask_boxes, "mask_area": mask_area, "critic_pred": s.pred_joints, "critic_error_mm": s.error * 1000.0,
+        **hybrik_labels(body, s),
     }
     labels = {"sample_index": np.asarray(indices, dtype=np.int64)}
     labels.update({k: v.detach().float().cpu().numpy() for k, v in fields.items()})
@@ -237,12 +291,15 @@ def _manifest(labels: Dict[str, np.ndarray], meta: Dict[str, Any], extra: Dict[s
         "conventions": {"units": "metres, pixels, radians", "camera": "OpenCV K, R|t world->camera",
                         "world": "y-up", "rotations": "axis-angle",
                         "pixels": "u = fx x / z + cx; pixel (x, y) covers [x, x+1) x [y, y+1)"},
-        "joint_sets": {"smpl24": list(SMPL_JOINT_NAMES), "h36m17": list(H36M_JOINT_NAMES)},
+        "joint_sets": {"smpl24": list(SMPL_JOINT_NAMES), "h36m17": list(H36M_JOINT_NAMES),
+                       "hybrik29": list(HYBRIK29_JOINT_NAMES)},
         "labels": LABEL_FIELDS,
         "formats": {
             "labels.npz": "posegen-ns labels (this manifest's 'labels')",
             "spin.npz": "SPIN datasets/base_dataset.py dataset_extras layout (see posegen_ns.dataset_formats)",
-            "coco3d.json": f"COCO-style 3D keypoints for {COCO3D_LOADER} (see posegen_ns.dataset_formats)",
+            f"annotations/{HYBRIK_ANNOTATION_NAME}_protocol_2.json": (
+                f"COCO-style 3D keypoints (29 joints, twists) for {COCO3D_LOADER}, root = this folder, "
+                f"TRAIN_SET '{HYBRIK_ANNOTATION_NAME}' (see posegen_ns.dataset_formats); _protocol_1.json is the same file"),
         },
         **extra,
         "critic_mean_mpjpe_mm": float(labels["critic_error_mm"].mean()) if len(files) else float("nan"),
@@ -251,15 +308,15 @@ def _manifest(labels: Dict[str, np.ndarray], meta: Dict[str, Any], extra: Dict[s
 
 
 def write_dataset_files(folder: Path, labels: Dict[str, np.ndarray], meta: Dict[str, Any], extra: Dict[str, Any]) -> None:
-    """Write ``labels.npz``, ``spin.npz``, ``coco3d.json`` and ``manifest.json`` into ``folder``
-    (whose ``images/`` and ``masks/`` already hold the samples of ``labels``)."""
+    """Write ``labels.npz``, ``spin.npz``, HybrIK's ``annotations/`` and ``manifest.json`` into
+    ``folder`` (whose ``images/`` and ``masks/`` already hold the samples of ``labels``)."""
     n = meta["num_samples"]
     images = [f"images/{image_name(int(i), n)}" for i in labels["sample_index"]]
     masks = [f"masks/{image_name(int(i), n)}" for i in labels["sample_index"]]
     save_npz_deterministic(folder / "labels.npz", labels)
     write_spin_npz(folder / "spin.npz", labels, images, masks)
-    write_coco3d_json(folder / "coco3d.json", labels, images, meta["width"], meta["height"],
-                      info={"run_config": meta["run_config"], "body": meta["body"]})
+    write_hybrik_annotations(folder, labels, images, meta["width"], meta["height"],
+                             info={"run_config": meta["run_config"], "body": meta["body"]})
     _write_json(folder / "manifest.json", _manifest(labels, meta, extra))
 
 
@@ -475,7 +532,7 @@ def merge_shards(shards_dir: Path, output_dir: Path, overwrite: bool = False, re
 
     Images and masks are hard-linked from the shards where the file system allows (else copied);
     labels are concatenated in sample-index order and the dataset files written as by a single
-    process, so ``labels.npz``, ``spin.npz``, ``coco3d.json`` and the images equal an unsharded export's.
+    process, so ``labels.npz``, ``spin.npz``, ``annotations/`` and the images equal an unsharded export's.
 
     Raises:
         PoseGenInputError: ``output_dir`` exists (without ``overwrite``), shards missing or

@@ -1,5 +1,7 @@
-"""Exported dataset formats (SPIN npz, HybrIK COCO-3D JSON) against the manifest and the body model;
-resume after a killed export and sharded export + merge give the same bytes as one uninterrupted run."""
+"""Exported dataset formats (SPIN npz, HybrIK COCO-3D JSON in HybrIK's layout) against the manifest and the
+body model: 29 joints on the mask, twist angles that rebuild the pose through HybrIK's IK, has_smpl by body,
+image names and layout; resume after a killed export and sharded export + merge give the same bytes as one
+uninterrupted run."""
 
 from __future__ import annotations
 
@@ -18,10 +20,13 @@ import torch
 
 from posegen_ns.body import load_body_model
 from posegen_ns.body.joint_sets import H36M_JOINT_NAMES
-from posegen_ns.dataset_formats import H36M_TO_SPIN24, SPIN24_JOINT_NAMES, silhouette_boxes
+from adapters.hybrik_ik import hybrik_ik, leaf_vertex_ids, rest_joints_29
+from posegen_ns.dataset_formats import (
+    H36M_TO_SPIN24, HYBRIK29_JOINT_NAMES, SPIN24_JOINT_NAMES, hybrik_annotation_path, silhouette_boxes,
+)
 from posegen_ns.labels import camera_frame_smpl
 from posegen_ns.errors import PoseGenInputError
-from posegen_ns.export import export_samples, merge_shards, sample_seed, shard_batches
+from posegen_ns.export import HYBRIK_EVAL_ACTION, export_samples, image_name, merge_shards, sample_seed, shard_batches
 from posegen_ns.geometry import axis_angle_to_matrix
 
 BIN = Path(sys.executable).parent
@@ -153,7 +158,7 @@ def test_spin_npz_matches_manifest_and_body(reference):
 def test_coco3d_json_matches_manifest_and_body(reference):
     manifest = json.loads((reference / "manifest.json").read_text())
     L = dict(np.load(reference / "labels.npz"))
-    coco = json.loads((reference / "coco3d.json").read_text())
+    coco = json.loads(hybrik_annotation_path(reference).read_text())
     N = manifest["num_samples"]
     assert len(coco["images"]) == len(coco["annotations"]) == N and "H36mSMPL" in coco["info"]["loader"]
     body = load_body_model("tiny")
@@ -163,9 +168,11 @@ def test_coco3d_json_matches_manifest_and_body(reference):
         assert f"images/{img['file_name']}" == sample["image"] and (img["width"], img["height"]) == (40, 40)
         f, c = np.array(img["cam_param"]["f"]), np.array(img["cam_param"]["c"])
         j17 = np.array(ann["h36m_joints"]).reshape(17, 3)  # millimetres, camera frame
-        j24 = np.array(ann["smpl_joints"]).reshape(24, 3)
+        j29 = np.array(ann["smpl_joints"]).reshape(29, 3)  # HybrIK's 29 joints, not 24 + padding
+        j24 = j29[:24]
         np.testing.assert_allclose(j17 / 1000, L["joints_h36m_cam"][i], atol=1e-6)
         np.testing.assert_allclose(j24 / 1000, L["joints_smpl_cam"][i], atol=1e-6)
+        np.testing.assert_allclose(j29 / 1000, L["joints_hybrik29_cam"][i], atol=1e-6)
         np.testing.assert_allclose(ann["root_coord"], j17[0], atol=0)
         # HybrIK's cam2pixel on the 3D joints gives the exported 2D joints
         np.testing.assert_allclose(j17[:, :2] / j17[:, 2:] * f + c, L["joints_h36m_2d"][i], atol=2e-3)
@@ -181,6 +188,91 @@ def test_coco3d_json_matches_manifest_and_body(reference):
         ys, xs = np.nonzero(mask)
         assert ann["bbox"] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
         assert ann["area"] == mask.sum()
+
+
+def _hybrik_action(path: str) -> int:
+    """The Human3.6M action HybrIK's H36M evaluation reads from an image path (``H36mSMPL.evaluate_*``:
+    the two characters after the first 'act' + 1), as an index into its 15 actions (2..16 -> 0..14)."""
+    k = path.find("act")
+    return int(path[k + 4:k + 6]) - 2
+
+
+def test_hybrik_layout_and_image_names(reference):
+    """HybrIK's H36mSMPL reads ROOT/annotations/<name>_protocol_<P>.json and ROOT/images/<file_name>; its
+    evaluation parses the action from the image path; names depend only on (index, N)."""
+    manifest = json.loads((reference / "manifest.json").read_text())
+    p2, p1 = hybrik_annotation_path(reference, 2), hybrik_annotation_path(reference, 1)
+    assert p2 == reference / "annotations" / "posegen_protocol_2.json" and p1.read_bytes() == p2.read_bytes()
+    assert not (reference / "coco3d.json").exists() and sorted(p.name for p in (reference / "annotations").iterdir()) == [
+        "posegen_protocol_1.json", "posegen_protocol_2.json"]
+    coco = json.loads(p2.read_text())
+    spin = np.load(reference / "spin.npz")
+    assert coco["info"]["smpl_joint_names"] == list(HYBRIK29_JOINT_NAMES) == manifest["joint_sets"]["hybrik29"]
+    for i, img in enumerate(coco["images"]):
+        assert img["file_name"] == image_name(i, NUM) and (reference / "images" / img["file_name"]).is_file()
+        assert (reference / "masks" / img["file_name"]).is_file() and spin["imgname"][i] == f"images/{img['file_name']}"
+        abs_path = os.path.join(str(reference), "images", img["file_name"])  # as H36mSMPL builds it
+        if "act" not in str(reference):
+            assert _hybrik_action(abs_path) == HYBRIK_EVAL_ACTION - 2 == 0
+        assert _hybrik_action(img["file_name"]) == 0
+        assert not any(b in img["file_name"] for b in ("s_09_act_05_subact_02_ca", "s_09_act_10_subact_02_ca",
+                                                      "s_09_act_13_subact_01_ca"))  # HybrIK's block_list
+    assert sorted(p.name for p in (reference / "images").iterdir()) == [image_name(i, NUM) for i in range(NUM)]
+    assert image_name(7, 10**7) == "act_02_0000007.png" and image_name(7, 12) == image_name(7, 999_999)
+
+
+def test_hybrik_29_joints_project_onto_mask(reference):
+    """The 5 leaves are real body points (the tiny body's leaf vertices, posed), visible targets on the
+    silhouette, not zero padding; 2D labels = K-projected 3D labels."""
+    coco = json.loads(hybrik_annotation_path(reference).read_text())
+    L = dict(np.load(reference / "labels.npz"))
+    assert L["joints_hybrik29_cam"].shape == (NUM, 29, 3) and L["joints_hybrik29_2d"].shape == (NUM, 29, 2)
+    np.testing.assert_array_equal(L["joints_hybrik29_2d"][:, :24], L["joints_smpl_2d"])
+    body = load_body_model("tiny")
+    ids = leaf_vertex_ids(body)
+    kernel = np.ones((3, 3), np.uint8)
+    for i, (img, ann) in enumerate(zip(coco["images"], coco["annotations"])):
+        j29 = np.array(ann["smpl_joints"]).reshape(29, 3)
+        f, c = np.array(img["cam_param"]["f"]), np.array(img["cam_param"]["c"])
+        uv = j29[:, :2] / j29[:, 2:] * f + c  # HybrIK's cam2pixel
+        np.testing.assert_allclose(uv, L["joints_hybrik29_2d"][i], atol=2e-3)
+        # leaves: the posed leaf vertices, away from their parents (a finite bone, not padding)
+        theta = torch.tensor(ann["thetas"])[None]
+        out = body(theta[:, 3:], theta[:, :3], torch.tensor(ann["betas"])[None, : body.num_betas],
+                   torch.tensor(ann["smpl_param"]["trans"])[None])
+        np.testing.assert_allclose(out.vertices[0, ids].numpy() * 1000, j29[24:], atol=0.05)
+        assert (np.linalg.norm(j29[24:] - j29[[15, 22, 23, 10, 11]], axis=-1) > 10).all()  # mm
+        mask = cv2.imread(str(reference / "masks" / img["file_name"]), cv2.IMREAD_GRAYSCALE) > 127
+        near = cv2.dilate(mask.astype(np.uint8), kernel) > 0  # leaves lie on the surface: 1 px of slack
+        px = np.floor(uv).astype(int)
+        inside = (px[:, 0] >= 0) & (px[:, 1] >= 0) & (px[:, 0] < mask.shape[1]) & (px[:, 1] < mask.shape[0])
+        assert inside.all(), i
+        assert near[px[:, 1], px[:, 0]].all(), (i, np.nonzero(~near[px[:, 1], px[:, 0]])[0].tolist())
+
+
+def test_hybrik_twist_rebuilds_pose_and_has_smpl(reference):
+    """angle_twist (HybrIK's twist targets) + the 29 joints rebuild the exported camera-frame SMPL pose through
+    HybrIK's swing-twist composition (its adaptive IK); the tiny body is not SMPL: has_smpl = 0 everywhere."""
+    coco = json.loads(hybrik_annotation_path(reference).read_text())
+    L = dict(np.load(reference / "labels.npz"))
+    spin = dict(np.load(reference / "spin.npz"))
+    assert (L["has_smpl"] == 0).all() and (spin["has_smpl"] == 0).all() and spin["has_smpl"].shape == (NUM,)
+    body = load_body_model("tiny")
+    for i, ann in enumerate(coco["annotations"]):
+        assert ann["has_smpl"] == 0
+        tw = ann["angle_twist"]
+        angle, cos, sin = (np.array(tw[k]) for k in ("angle", "cos", "sin"))
+        assert angle.shape == cos.shape == sin.shape == (23,) and (angle > -10).all()  # all valid (HybrIK: > -10)
+        np.testing.assert_allclose(cos, np.cos(angle), atol=1e-6)
+        np.testing.assert_allclose(sin, np.sin(angle), atol=1e-6)
+        np.testing.assert_allclose(angle, L["twist_angle"][i], atol=1e-6)
+        j29 = torch.tensor(ann["smpl_joints"], dtype=torch.float64).reshape(1, 29, 3) / 1000
+        betas = torch.tensor(ann["betas"], dtype=torch.float64)[None, : body.num_betas]
+        rest = rest_joints_29(body.double(), betas)
+        phis = torch.tensor(np.stack([cos, sin], -1))[None]
+        rot = hybrik_ik(j29, phis, rest, adaptive=True).rotmat[0]
+        theta = torch.tensor(ann["thetas"], dtype=torch.float64).reshape(24, 3)
+        torch.testing.assert_close(rot, axis_angle_to_matrix(theta), atol=2e-4, rtol=0)
 
 
 # ------------------------------------------------------------------------------------ resume, shards
@@ -232,7 +324,9 @@ def test_interrupted_export_keeps_partial_and_checks_settings(run_config, pipeli
     small, ref = np.load(out / "labels.npz"), np.load(reference / "labels.npz")
     for key in small.files:
         np.testing.assert_array_equal(small[key], ref[key][:4], err_msg=key)
-    assert (out / "images" / "000003.png").read_bytes() == (reference / "images" / "000003.png").read_bytes()
+    name = image_name(3, 4)
+    assert name == image_name(3, NUM) == "act_02_000003.png"
+    assert (out / "images" / name).read_bytes() == (reference / "images" / name).read_bytes()
 
 
 def test_sharded_export_merges_to_identical_dataset(run_config, pipeline, reference, tmp_path):
