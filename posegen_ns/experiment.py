@@ -133,14 +133,14 @@ PRESETS: dict[str, ExperimentSizes] = {
         repeats=2,
     ),
     "cpu": ExperimentSizes(
-        body="open", capture_cameras=6, capture_resolution=128, critic_pretrain_steps=1000, critic_input_size=64,
-        field_steps=800, loop_steps=150, num_gaussians=4000, sampler_batch=6, gan_steps=150, finetune_images=192,
-        finetune_batch=16, finetune_epochs=3, eval_stride=8, eval_max_frames=8, eval_cameras=4,
-        eval_elevations=(-10.0, 15.0, 45.0), eval_resolution=96, eval_distance_scales=(0.8, 1.4), critic_source="h36m",
+        body="open", capture_cameras=6, capture_resolution=128, critic_pretrain_steps=1600, critic_input_size=128,
+        field_steps=800, loop_steps=150, num_gaussians=4000, sampler_batch=6, gan_steps=150, finetune_images=160,
+        finetune_batch=16, finetune_epochs=3, eval_stride=8, eval_max_frames=6, eval_cameras=4,
+        eval_elevations=(-10.0, 15.0, 45.0), eval_resolution=128, eval_distance_scales=(0.8, 1.4), critic_source="h36m",
         repeats=5,
     ),
     "gpu": ExperimentSizes(
-        body="open", capture_cameras=6, capture_resolution=128, critic_pretrain_steps=3000, critic_input_size=128,
+        body="open", capture_cameras=6, capture_resolution=128, critic_pretrain_steps=1600, critic_input_size=128,
         field_steps=1500, loop_steps=300, num_gaussians=6000, sampler_batch=6, gan_steps=300, finetune_images=1024,
         finetune_batch=32, finetune_epochs=3, eval_stride=8, eval_max_frames=24, eval_cameras=8,
         eval_elevations=(-10.0, 0.0, 20.0, 45.0), eval_resolution=128, eval_distance_scales=(0.8, 1.0, 1.4),
@@ -334,6 +334,7 @@ def train_pipeline(cfg: ExperimentConfig, sizes: ExperimentSizes, capture: Path)
     p.sampler.prior_split = PRIOR_SPLIT
     p.critic.pretrain_steps = sizes.critic_pretrain_steps
     p.critic.input_size = sizes.critic_input_size
+    p.critic.source = sizes.critic_source or "narrow"
     p.rounds, p.loop_steps_per_round, p.finetune_steps_per_round = 1, None, 0
     p.seed = cfg.seed
     tc.max_num_iterations = sizes.field_steps + sizes.loop_steps

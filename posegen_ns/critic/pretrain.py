@@ -109,6 +109,9 @@ def pretrain_critic(
     freeze_bn: bool = False,
     history: list[dict[str, float]] | None = None,
     on_window: Callable[[int, dict[str, float]], bool] | None = None,
+    lr_drop_at: int | None = None,
+    lr_drop_factor: float = 3.0,
+    max_bad_steps: int = 20,
 ) -> dict[str, float]:
     """Train ``critic.hmr`` with Adam on batches from ``sample_batch``.
 
@@ -127,6 +130,14 @@ def pretrain_critic(
             evaluate the critic; the train/BatchNorm mode is restored afterwards); returning True stops
             training there (e.g. a held-out target reached). ``metrics`` may be updated in place (it is
             the ``history`` row).
+        lr_drop_at: divide the learning rate by ``lr_drop_factor`` from this step on (a step schedule; measured on
+            the H36M-like source: a constant 3e-4 oscillated between 86 and 442 mm held-out MPJPE and then produced
+            NaN poses, a drop to 1e-4 after 1500 steps reached 74 mm at step 1600).
+        max_bad_steps: a step whose loss is not finite is skipped (no update); this many in a row stop training
+            with an error.
+
+    Raises:
+        RuntimeError: ``max_bad_steps`` consecutive non-finite losses (the optimisation diverged: lower ``lr``).
 
     Returns:
         Metrics of the last window: ``loss`` and each loss term, ``mpjpe_mm``, ``pa_mpjpe_mm``
@@ -139,13 +150,25 @@ def pretrain_critic(
     critic.train_mode() if freeze_bn else critic.train()
     window: dict[str, float] = {}
     count = 0
+    bad = 0
     last: dict[str, float] = {}
     with cli_progress("pretrain critic", steps, quiet=not progress) as advance:
         for step in range(1, steps + 1):
+            if lr_drop_at is not None and step == lr_drop_at:
+                for group in opt.param_groups:
+                    group["lr"] = lr / lr_drop_factor
             batch = _to(sample_batch(batch_size, gen), device)
             pred = critic.predict(batch["images"], batch["boxes"])
             losses = supervised_losses(pred, batch, critic.body.num_betas, weights)
             opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(losses["loss"]):
+                bad += 1
+                if bad >= max_bad_steps:
+                    raise RuntimeError(f"pre-training diverged: {bad} steps in a row with a non-finite loss (at step {step}); "
+                                       f"lower the learning rate (now {opt.param_groups[0]['lr']:g}).")
+                advance(1)
+                continue
+            bad = 0
             losses["loss"].backward()
             opt.step()
             with torch.no_grad():
@@ -219,6 +242,9 @@ class PretrainCriticConfig:
     curve is printed and kept in the checkpoint's metadata (``curve``)."""
     target_mpjpe_mm: float = 0.0
     """Stop once the held-out MPJPE (at an ``eval_every`` check) is at most this (0: run all ``steps``)."""
+    lr_drop_at: int | None = None
+    """Divide the learning rate by 3 from this step on (None: constant). The 'h36m' default critic drops at 75 % of
+    its steps."""
 
 
 def run_pretrain(cfg: PretrainCriticConfig) -> dict[str, dict[str, float]]:
@@ -258,7 +284,7 @@ def run_pretrain(cfg: PretrainCriticConfig) -> dict[str, dict[str, float]]:
         return cfg.target_mpjpe_mm > 0 and held["mpjpe_mm"] <= cfg.target_mpjpe_mm
 
     train = pretrain_critic(critic, train_sampler, cfg.steps, cfg.lr, cfg.batch_size, cfg.log_every, seed=cfg.seed,
-                            on_window=on_window)
+                            on_window=on_window, lr_drop_at=cfg.lr_drop_at)
     train["seconds"] = time.perf_counter() - start
     results = {"train": train}
     for split in splits:
@@ -291,7 +317,8 @@ def default_critic_checkpoint(
     ``cache_dir()/critics/`` under a name made of the body file's hash and the settings, and is
     trained on first use with :func:`run_pretrain` (renders of the source pose set at
     ``1.5 * input_size`` pixels). ``source`` picks the source set (:class:`PretrainCriticConfig`); a
-    non-default one is part of the file name. Returns its path.
+    non-default one is part of the file name; the 'h36m' critic divides its learning rate by 3 at 75 % of
+    ``steps`` (measured: 74 mm held-out MPJPE after 1600 steps at 128 px; a constant rate diverged). Returns its path.
     """
     import hashlib
 
@@ -306,6 +333,6 @@ def default_critic_checkpoint(
         run_pretrain(PretrainCriticConfig(
             output=path, body=str(body), backbone=backbone, input_size=input_size, image_size=int(1.5 * input_size),
             steps=steps, batch_size=batch_size, lr=3e-4, log_every=max(1, steps // 20), eval_samples=eval_samples,
-            num_images=num_images, source=source,
+            num_images=num_images, source=source, lr_drop_at=int(0.75 * steps) if source == "h36m" else None,
         ))
     return path
