@@ -294,3 +294,46 @@ def test_pretrain_reduces_loss(body):
     assert not critic.training
     ev = evaluate_critic(critic, sampler_batches(sampler, num_samples=10, batch_size=4)).overall()
     assert ev["num_images"] == 10 and 0 < ev["mpjpe_mm"] < 1000 and 0 <= ev["pck150"] <= 1
+
+
+def test_pretrain_skips_non_finite_steps_and_stops_on_divergence(body):
+    """A non-finite loss never reaches the weights; a run of them stops with a message naming the learning rate;
+    the learning-rate drop applies from its step on."""
+    torch.manual_seed(0)
+    critic = build_hmr_critic("resnet18", 32, body)
+    good = _blob_sampler(body, size=48)
+    calls = {"n": 0}
+
+    def poisoned(n, gen):  # every other batch has a NaN label
+        calls["n"] += 1
+        batch = good(n, gen)
+        if calls["n"] % 2 == 0:
+            batch["joints_h36m_cam"] = batch["joints_h36m_cam"] * float("nan")
+        return batch
+
+    history: list[dict] = []
+    pretrain_critic(critic, poisoned, steps=4, lr=1e-4, batch_size=4, log_every=2, progress=False, history=history)
+    assert all(math.isfinite(p.detach().abs().sum().item()) for p in critic.hmr.parameters())
+    assert all(math.isfinite(h["loss"]) for h in history)  # windows average the finite steps only
+
+    def always_nan(n, gen):
+        batch = good(n, gen)
+        batch["joints_h36m_cam"] = batch["joints_h36m_cam"] * float("nan")
+        return batch
+
+    with pytest.raises(RuntimeError, match="lower the learning rate"):
+        pretrain_critic(critic, always_nan, steps=10, lr=1e-4, batch_size=4, log_every=5, progress=False, max_bad_steps=3)
+
+    seen = []
+    original = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *a, **k)
+
+    torch.optim.Adam.step = spy
+    try:
+        pretrain_critic(critic, good, steps=4, lr=3e-4, batch_size=4, log_every=2, progress=False, lr_drop_at=3)
+    finally:
+        torch.optim.Adam.step = original
+    assert seen == pytest.approx([3e-4, 3e-4, 1e-4, 1e-4])
