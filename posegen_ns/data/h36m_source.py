@@ -8,7 +8,7 @@ and seen by four fixed chest-height cameras around the subject, like Human3.6M's
 
 Splits (:data:`H36M_SPLITS`):
 
-- ``"train"``: source-clip frames except every :data:`~posegen_ns.data.source_poses.HELDOUT_EVERY`-th
+- ``"train"``: source-clip frames except every :data:`~posegen_ns.data.source_common.HELDOUT_EVERY`-th
   frame of each clip; H36M cameras (below).
 - ``"heldout"``: the held-out frames of the same clips, H36M cameras (in-distribution test).
 - ``"other"``: frames of every non-source clip (prior and evaluation motions: jumps, dance, sports,
@@ -30,7 +30,7 @@ with a seed of :data:`SUBJECT_SEEDS` (seed 0 is the default capture's clothing).
 the critic never saw" should use another clothing seed.
 
 Framing is the same as the narrow source's: each image is rendered at ``image_size`` with intrinsics
-from :func:`posegen_ns.labels.fit_intrinsics` so the body fills :data:`~posegen_ns.data.source_poses.FILL`
+from :func:`posegen_ns.labels.fit_intrinsics` so the body fills :data:`~posegen_ns.data.source_common.FILL`
 of it (the equivalent of cropping the person from a larger H36M frame), boxes by
 :func:`posegen_ns.labels.person_boxes`. :func:`render_h36m_set` returns the arrays of
 :func:`posegen_ns.data.source_poses.render_source_set`; ``make_source_sampler(..., kind="h36m")`` caches
@@ -90,7 +90,7 @@ def h36m_pose_bank(split: str) -> PoseBank:
         PoseGenInputError: unknown split.
     """
     from posegen_ns.data.pose_bank import load_shipped_pose_bank
-    from posegen_ns.data.source_poses import HELDOUT_EVERY
+    from posegen_ns.data.source_common import HELDOUT_EVERY
     from posegen_ns.data.splits import EVAL_CLIPS, PRIOR_CLIPS, SOURCE_CLIPS
 
     if split not in H36M_SPLITS:
@@ -139,7 +139,7 @@ def render_h36m_set(body: Any, image_size: int, split: str, num_images: int, see
         ``subject (N,)`` (index into :data:`SUBJECT_SEEDS`), ``clip_index (N,)`` into ``clip_names (C,)``.
     """
     from posegen_ns.data.appearance import make_body_appearance, render_vertices
-    from posegen_ns.data.source_poses import FILL, RENDER_CHUNK
+    from posegen_ns.data.source_common import FILL, RENDER_CHUNK
     from posegen_ns.geometry import project_points
     from posegen_ns.labels import BOX_SCALE, camera_frame_orient, fit_intrinsics, orbit_cameras, person_boxes, to_camera
 

@@ -35,18 +35,16 @@ from posegen_ns.data.default_capture import is_walking_clip
 from posegen_ns.data.poses import PoseBank, body_id, load_pose_bank
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.geometry import project_points
+from posegen_ns.data.source_common import FILL, HELDOUT_EVERY, RENDER_CHUNK  # noqa: F401 (re-exported)
 from posegen_ns.labels import BOX_SCALE, camera_frame_orient, fit_intrinsics, orbit_cameras, person_boxes, to_camera
 
 SPLITS = ("train", "heldout", "other")
-HELDOUT_EVERY = 5
 SOURCE_AZIMUTH_DEG = 30.0
 SOURCE_ELEVATION_DEG = (-5.0, 15.0)
 OTHER_ELEVATION_DEG = (-15.0, 45.0)
 DISTANCE_M = (2.5, 5.0)
-FILL = 0.85
 
 POSE_STRIDE = 2
-RENDER_CHUNK = 32
 _CACHE_VERSION = 2  # 2: cameras by posegen_ns.labels (orbit the pelvis, azimuth from the body's front)
 
 SampleBatch = Callable[[int, torch.Generator], dict]
