@@ -138,13 +138,10 @@ def render_h36m_set(body: Any, image_size: int, split: str, num_images: int, see
         ``azimuth_deg (N,)`` (camera azimuth from the body's front, degrees), ``elevation_deg (N,)``,
         ``subject (N,)`` (index into :data:`SUBJECT_SEEDS`), ``clip_index (N,)`` into ``clip_names (C,)``.
     """
-    from posegen_ns.data.appearance import make_body_appearance, render_vertices
-    from posegen_ns.data.source_common import FILL, RENDER_CHUNK
-    from posegen_ns.geometry import project_points
-    from posegen_ns.labels import BOX_SCALE, camera_frame_orient, fit_intrinsics, orbit_cameras, person_boxes, to_camera
+    from posegen_ns.data.appearance import make_body_appearance
+    from posegen_ns.data.source_common import render_tight_labelled
 
     bank = h36m_pose_bank(split)
-    dev = body.v_template.device
     gen = torch.Generator().manual_seed(seed)  # sampling on the CPU: the same set on every device
     idx = torch.randint(len(bank), (num_images,), generator=gen)
     go = bank.global_orient[idx].double()
@@ -154,49 +151,14 @@ def render_h36m_set(body: Any, image_size: int, split: str, num_images: int, see
     nb = min(NUM_SHAPE_BETAS, body.num_betas)
     betas[:, :nb] = torch.randn(num_images, nb, generator=gen).clamp(-2.5, 2.5)
     subject = torch.randint(len(SUBJECT_SEEDS), (num_images,), generator=gen)
-
-    images = np.zeros((num_images, image_size, image_size, 3), dtype=np.uint8)
-    masks = np.zeros((num_images, image_size, image_size), dtype=bool)
-    boxes = np.zeros((num_images, 4), dtype=np.float32)
-    joints_cam_all = np.zeros((num_images, 17, 3), dtype=np.float32)
-    go_cam = np.zeros((num_images, 3), dtype=np.float32)
-    K_all = np.zeros((num_images, 3, 3), dtype=np.float32)
-    appearances = {}
-    for s in range(0, num_images, RENDER_CHUNK):
-        sl = slice(s, min(s + RENDER_CHUNK, num_images))
-        out = body(body_pose[sl].to(dev), go[sl].float().to(dev), betas[sl].to(dev))  # no translation
-        verts, joints = out.vertices.double(), out.joints_h36m.double()
-        g = go[sl].to(dev)
-        n = g.shape[0]
-        _, R, t = orbit_cameras(g, out.joints[:, 0].double(), az[sl].to(dev), el[sl].to(dev), dist[sl].to(dev),
-                                torch.ones(n, dtype=torch.float64, device=dev), image_size, image_size)
-        K = fit_intrinsics(to_camera(verts, R, t), image_size, FILL)  # tight framing (a crop of a bigger frame)
-        uv, joints_cam = project_points(joints, K, R, t)
-        boxes[sl] = person_boxes(uv, scale=BOX_SCALE).float().cpu().numpy()
-        joints_cam_all[sl] = joints_cam.float().cpu().numpy()
-        go_cam[sl] = camera_frame_orient(g, R).float().cpu().numpy()
-        K_all[sl] = K.float().cpu().numpy()
-        sub = subject[sl]
-        for k in sub.unique().tolist():
-            if k not in appearances:
-                appearances[k] = make_body_appearance(body, seed=SUBJECT_SEEDS[k])
-            m = (sub == k).to(dev)
-            r = render_vertices(verts[m].float(), body.faces, appearances[k], K[m].float(), R[m].float(), t[m].float(),
-                                image_size, image_size)
-            rows = np.arange(sl.start, sl.stop)[m.cpu().numpy()]
-            images[rows] = (r.rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-            masks[rows] = (r.mask > 0.5).cpu().numpy()
+    appearances = [make_body_appearance(body, seed=s) for s in SUBJECT_SEEDS]
+    out = render_tight_labelled(body, body_pose, go, betas, az, el, dist, image_size, appearances, subject)
     clips = bank.clips
     clip_index = np.array([clips.index(bank.clip_names[i]) for i in idx.tolist()], dtype=np.int16)
     return {
-        "images": images,
-        "masks": masks,
-        "boxes": boxes,
-        "joints_h36m_cam": joints_cam_all,
+        **out,
         "body_pose": body_pose.numpy(),
-        "global_orient_cam": go_cam,
         "betas": betas.float().numpy(),
-        "K": K_all,
         "azimuth_deg": torch.rad2deg(az).float().numpy(),
         "elevation_deg": torch.rad2deg(el).float().numpy(),
         "subject": subject.to(torch.int16).numpy(),

@@ -30,13 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from posegen_ns.data.appearance import make_body_appearance, render_vertices
+from posegen_ns.data.appearance import make_body_appearance
 from posegen_ns.data.default_capture import is_walking_clip
 from posegen_ns.data.poses import PoseBank, body_id, load_pose_bank
 from posegen_ns.errors import PoseGenInputError
-from posegen_ns.geometry import project_points
-from posegen_ns.data.source_common import FILL, HELDOUT_EVERY, RENDER_CHUNK  # noqa: F401 (re-exported)
-from posegen_ns.labels import BOX_SCALE, camera_frame_orient, fit_intrinsics, orbit_cameras, person_boxes, to_camera
+from posegen_ns.data.source_common import FILL, HELDOUT_EVERY, RENDER_CHUNK, render_tight_labelled  # noqa: F401 (FILL, RENDER_CHUNK re-exported)
 
 SPLITS = ("train", "heldout", "other")
 SOURCE_AZIMUTH_DEG = 30.0
@@ -97,38 +95,14 @@ def render_source_set(body, image_size: int, split: str, num_images: int, seed: 
         ``masks (N, S, S)`` bool.
     """
     bank = source_pose_bank(body, split)
-    dev = body.v_template.device
     gen = torch.Generator().manual_seed(seed)  # sampling on the CPU: the same set on every device
     idx = torch.randint(len(bank), (num_images,), generator=gen)
-    go = bank.global_orient[idx].double()
     body_pose = bank.body_pose[idx].float()
     az, el, dist = _views(num_images, split, gen)
     betas = torch.zeros(num_images, body.num_betas)
-    out = body(body_pose.to(dev), go.float().to(dev), betas.to(dev))  # no translation
-    verts, joints = out.vertices.double(), out.joints_h36m.double()
-    go = go.to(dev)
-    _, R, t = orbit_cameras(go, out.joints[:, 0].double(), az.to(dev), el.to(dev), dist.to(dev), torch.ones_like(dist).to(dev),
-                            image_size, image_size)  # the one camera rule; K: tight framing below
-    K = fit_intrinsics(to_camera(verts, R, t), image_size, FILL)
-    uv, joints_cam = project_points(joints, K, R, t)
-    appearance = make_body_appearance(body)
-    images = np.zeros((num_images, image_size, image_size, 3), dtype=np.uint8)
-    masks = np.zeros((num_images, image_size, image_size), dtype=bool)
-    for s in range(0, num_images, RENDER_CHUNK):
-        sl = slice(s, s + RENDER_CHUNK)
-        r = render_vertices(verts[sl].float(), body.faces, appearance, K[sl].float(), R[sl].float(), t[sl].float(), image_size, image_size)
-        images[sl] = (r.rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        masks[sl] = (r.mask > 0.5).cpu().numpy()
-    return {
-        "images": images,
-        "masks": masks,
-        "boxes": person_boxes(uv, scale=BOX_SCALE).float().cpu().numpy(),
-        "joints_h36m_cam": joints_cam.float().cpu().numpy(),
-        "body_pose": body_pose.numpy(),
-        "global_orient_cam": camera_frame_orient(go, R).float().cpu().numpy(),
-        "betas": betas.float().numpy(),
-        "K": K.float().cpu().numpy(),
-    }
+    out = render_tight_labelled(body, body_pose, bank.global_orient[idx].double(), betas, az, el, dist, image_size,
+                                [make_body_appearance(body)])
+    return {**out, "body_pose": body_pose.numpy(), "betas": betas.float().numpy()}
 
 
 def _cache_root() -> Path:
