@@ -30,9 +30,11 @@ from torch import Tensor, nn
 
 from adapters.crop import crop_and_resize
 from adapters.protocol import Critic, critic_options
+from posegen_ns.atomic_io import torch_save
 from posegen_ns.body import BodyModel, load_body_model
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.geometry import axis_angle_to_matrix, matrix_to_rot6d, rot6d_to_matrix
+from posegen_ns.labels import check_critic_values
 
 IMG_NORM_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 """ImageNet RGB mean used by SPIN (``constants.IMG_NORM_MEAN``) and torchvision."""
@@ -158,12 +160,20 @@ def load_backbone_weights(model: HMR, path: str | Path) -> None:
     ``model``; the classifier ``fc.*`` is ignored, every other backbone key must match.
 
     Raises:
-        PoseGenInputError: missing file or keys that do not fit the backbone.
+        PoseGenInputError: missing, unreadable (e.g. truncated) or non-state-dict file, or keys that do not fit the backbone.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise PoseGenInputError(f"backbone weights {path} do not exist; pass a torchvision {model.backbone} state_dict file.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise PoseGenInputError(
+            f"backbone weights {path} cannot be read ({_first_line(err)}); the file is damaged or truncated: "
+            f"download it again (a torchvision {model.backbone} state_dict, e.g. resnet18-f37072fd.pth)."
+        ) from err
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise PoseGenInputError(f"backbone weights {path} are not a state_dict (a dict of tensors); pass a torchvision {model.backbone} state_dict file.")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     backbone_keys = {k for k in model.state_dict() if k.startswith(("conv1.", "bn1.", "layer"))}
     missing, unexpected = sorted(backbone_keys - state.keys()), sorted(state.keys() - backbone_keys)
@@ -174,9 +184,15 @@ def load_backbone_weights(model: HMR, path: str | Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 # ---- checkpoints in SPIN's layout -----------------------------------------------------------
 def save_spin_checkpoint(model: HMR, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``{'model': model.state_dict(), **extra}`` to ``path`` (SPIN's checkpoint layout).
+    """Write ``{'model': model.state_dict(), **extra}`` to ``path`` (SPIN's checkpoint layout), atomically
+    (:func:`posegen_ns.atomic_io.torch_save`).
 
     ``extra`` holds plain metadata (this project writes ``{'posegen': {'backbone', 'input_size',
     'body', ...}}``); it may not contain ``'model'``.
@@ -184,10 +200,8 @@ def save_spin_checkpoint(model: HMR, path: str | Path, extra: dict[str, Any] | N
     extra = dict(extra or {})
     if "model" in extra:
         raise ValueError("extra may not contain the key 'model'")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}, path)
-    return path
+    # atomic: a process killed while saving leaves the old file or none, never a truncated one
+    return torch_save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}, path)
 
 
 def read_spin_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -202,10 +216,17 @@ def read_spin_checkpoint(path: str | Path) -> dict[str, Any]:
             f"critic checkpoint {path} does not exist; pass SPIN's model_checkpoint.pt (github.com/nkolot/SPIN, "
             "fetch_data.sh) or a file written by ns-posegen-pretrain-critic."
         )
+    if path.stat().st_size == 0:
+        raise PoseGenInputError(
+            f"critic checkpoint {path} is empty (0 bytes: a save that was killed?); delete it and train or download it again."
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise PoseGenInputError(f"critic checkpoint {path} cannot be read ({err}); is it a SPIN checkpoint?") from err
+        raise PoseGenInputError(
+            f"critic checkpoint {path} cannot be read ({_first_line(err)}); is it a SPIN checkpoint? (A truncated file "
+            "from an interrupted save or download: delete it and train or download it again.)"
+        ) from err
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise PoseGenInputError(
             f"critic checkpoint {path} has no 'model' state dict (SPIN's layout is {{'model': state_dict, ...}})."
@@ -292,6 +313,7 @@ class HMRCritic(Critic):
         """Full prediction (joints and SMPL parameters) for ``images (B, 3, H, W)`` in [0, 1] and
         ``boxes (B, 4)`` xyxy pixels."""
         rotmat, betas, cam = self.hmr(self.crop(images, boxes))
+        check_critic_values(self, "SMPL parameters", rotmat, betas)  # a broken critic, not a bad pose
         out = self.body(
             body_pose=rotmat[:, 1:], global_orient=rotmat[:, :1], betas=betas[:, : self.body.num_betas]
         )

@@ -60,8 +60,10 @@ from adapters.crop import crop_and_resize
 from adapters.hrnet import FEATURE_DIM, HRNet
 from adapters.hybrik_ik import HYBRIK_PARENTS_29, hybrik_ik, leaf_vertex_ids, rest_joints_29
 from adapters.protocol import Critic, critic_options
+from posegen_ns.atomic_io import check_npz, read_cache, torch_save
 from posegen_ns.body import BodyModel, load_body_model
 from posegen_ns.errors import PoseGenInputError
+from posegen_ns.labels import check_critic_values
 
 HYBRIK_IMG_MEAN: tuple[float, float, float] = (0.406, 0.457, 0.480)
 """HybrIK's per-channel mean, subtracted from R, G, B in that order (``test_transform``)."""
@@ -177,7 +179,7 @@ def body_from_smpl_buffers(smpl: HybrIKSMPLBuffers, j_regressor_h36m: str | Path
     }
     digest = hashlib.sha1(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())).hexdigest()[:16]
     path = cache_dir() / "hybrik" / f"smpl-{digest}.npz"
-    if not path.is_file():
+    if not read_cache(path, check_npz, "HybrIK SMPL buffers"):  # missing or damaged: (re)written
         write_smpl_npz(arrays, path)
     return BodyModel(path, j_regressor_h36m=j_regressor_h36m)
 
@@ -477,6 +479,7 @@ class HybrIKCritic(Critic):
         betas = pred.betas[:, : self.body.num_betas]
         rest = rest_joints_29(self.body, betas, self.leaf_ids)
         ik = hybrik_ik(pred.joints29, pred.phis, rest, adaptive=not self.training)
+        check_critic_values(self, "joints or shape", pred.joints29, betas)  # a broken critic, not a bad pose
         out = self.body(body_pose=ik.rotmat[:, 1:], global_orient=ik.rotmat[:, 0], betas=betas)
         root = out.joints_h36m[:, :1]
         return HybrIKMesh(
@@ -555,11 +558,8 @@ def load_hybrik_state(path: str | Path, net: HybrIKResNet | HybrIKHRNet, state: 
 
 def save_hybrik_checkpoint(net: HybrIKResNet | HybrIKHRNet, path: str | Path, wrap: bool = False) -> Path:
     """Write ``net``'s state dict as HybrIK releases it (raw), or as ``{'model': state_dict}``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    torch.save({"model": state} if wrap else state, path)
-    return path
+    return torch_save({"model": state} if wrap else state, path)  # atomic (posegen_ns.atomic_io)
 
 
 # ---- builders / entry points --------------------------------------------------------------------

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from posegen_ns.body.joint_sets import H36M_TO_LSP14
 from posegen_ns.critic.evaluation import MetricAccumulator, module_device, per_sample_metrics
-from posegen_ns.errors import PoseGenInputError
+from posegen_ns.errors import PoseGenInputError, require_folder
 from posegen_ns.dataset_formats import H36M_TO_SPIN24
 from posegen_ns.labels import root_of
 from posegen_ns.metrics import auc, pck, procrustes_align, root_align
@@ -332,9 +332,7 @@ def evaluate_benchmark(critic: Any, data: BenchmarkData, image_root: Path | str,
     Raises:
         PoseGenInputError: missing image root or image, or a critic joint set the protocol cannot use.
     """
-    root = Path(image_root).expanduser()
-    if not root.is_dir():
-        raise PoseGenInputError(f"--image-root {root} does not exist; pass the folder that {data.source.name}'s 'imgname' paths are relative to.")
+    root = require_folder(image_root, "--image-root", f"pass the folder that {data.source.name}'s 'imgname' paths are relative to")
     size = int(getattr(critic, "input_size", 224))
     device = module_device(critic)
     joint_set = getattr(critic, "joint_set", "h36m17")

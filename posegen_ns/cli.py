@@ -16,6 +16,7 @@ from typing import Any, Optional, TypeVar
 
 from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 
+from posegen_ns.atomic_io import IO_ERRNOS_DENIED, IO_ERRNOS_FULL
 from posegen_ns.errors import PoseGenInputError
 
 T = TypeVar("T")
@@ -24,7 +25,8 @@ T = TypeVar("T")
 def run_console_script(prog: str, config_type: Any, main: Callable[[T], Any], **tyro_options: Any) -> None:
     """The body of a console script's ``entrypoint()``: ``main(tyro.cli(config_type, prog=prog, **tyro_options))``;
     a :class:`~posegen_ns.errors.PoseGenInputError` (bad input: a missing file, a wrong option) ends the
-    program with ``prog: message`` and exit status 1 instead of a traceback.
+    program with ``prog: message`` and exit status 1 instead of a traceback, as does an ``OSError`` of a full disk
+    or a read-only / forbidden folder (with what to fix).
 
     ``config_type`` is a dataclass, or a union of ``tyro.conf.subcommand``-annotated dataclasses (then
     ``main`` receives the chosen one; ``tyro_options`` can name the ``default`` subcommand's instance).
@@ -36,6 +38,11 @@ def run_console_script(prog: str, config_type: Any, main: Callable[[T], Any], **
         main(cfg)
     except PoseGenInputError as exc:
         raise SystemExit(f"{prog}: {exc}") from None
+    except OSError as exc:  # a full disk or a read-only / forbidden folder: the user's to fix, not a bug
+        if exc.errno not in IO_ERRNOS_FULL | IO_ERRNOS_DENIED:
+            raise
+        fix = "free space on that disk" if exc.errno in IO_ERRNOS_FULL else "make it writable or choose another path"
+        raise SystemExit(f"{prog}: cannot write {exc.filename or 'a file'} ({exc.strerror}); {fix}, then run again.") from None
 
 
 def say_for(prog: str, quiet: bool = False) -> Callable[[str], None]:
@@ -81,9 +88,10 @@ def jsonable(x: Any) -> Any:
     return x if isinstance(x, (int, float, str, bool, type(None))) else str(x)
 
 
-def load_run(config: Path | str, flag: str = "--load-config") -> Any:
+def load_run(config: Path | str, flag: str = "--load-config", update_config: Any = None) -> Any:
     """The pipeline of a trained ``ns-train posegen-human`` run, from its ``RUN/config.yml`` (nerfstudio's
-    ``eval_setup`` in inference mode: the latest checkpoint, on the run's device).
+    ``eval_setup`` in inference mode: the latest checkpoint, on the run's device). ``update_config(TrainerConfig)
+    -> TrainerConfig``, if given, changes the loaded configuration before the pipeline is built.
 
     Raises:
         PoseGenInputError: ``config`` is not a file (the message names ``flag``).
@@ -93,5 +101,5 @@ def load_run(config: Path | str, flag: str = "--load-config") -> Any:
         raise PoseGenInputError(f"{flag} {config} does not exist; pass RUN/config.yml of an ns-train posegen-human run.")
     from nerfstudio.utils.eval_utils import eval_setup  # imported here: it loads all of nerfstudio
 
-    _, pipeline, _, _ = eval_setup(path, test_mode="inference")
+    _, pipeline, _, _ = eval_setup(path, test_mode="inference", update_config_callback=update_config)
     return pipeline

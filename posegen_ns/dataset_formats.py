@@ -70,6 +70,7 @@ import torch
 from torch import Tensor
 
 from adapters.hybrik_ik import HYBRIK_JOINT_NAMES_29
+from posegen_ns.atomic_io import TEMP_MARK, atomic_open
 from posegen_ns.body.joint_sets import H36M_JOINT_NAMES
 from posegen_ns.body.model import BodyModel
 
@@ -141,17 +142,14 @@ def silhouette_boxes(mask: Tensor) -> tuple[Tensor, Tensor]:  # mask: (B, H, W) 
 # ---------------------------------------------------------------------------------------- writers
 def save_npz_deterministic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """``np.savez`` with fixed zip timestamps (same arrays -> same bytes), written atomically
-    (a temporary sibling, then ``os.replace``). Readable by ``np.load``; no pickles."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    (:func:`posegen_ns.atomic_io.atomic_open`). Readable by ``np.load``; no pickles."""
+    with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for key, value in arrays.items():
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(value), allow_pickle=False)
             zf.writestr(info, buf.getvalue())
-    os.replace(tmp, path)
 
 
 def spin_arrays(labels: Mapping[str, np.ndarray], image_names: Sequence[str], mask_names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -241,9 +239,9 @@ def coco3d_records(
 
 def write_coco3d_json(path: Path, labels: Mapping[str, np.ndarray], image_names: Sequence[str], width: int, height: int,
                       info: Mapping | None = None) -> None:
-    """Stream ``coco3d.json`` to ``path`` (one record at a time; atomic rename at the end)."""
+    """Stream ``coco3d.json`` to ``path`` (one record at a time; atomic rename at the end,
+    :func:`posegen_ns.atomic_io.atomic_open`)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     header = {
         "description": "posegen-ns samples, COCO-style with 3D keypoints",
         "loader": COCO3D_LOADER,
@@ -258,9 +256,9 @@ def write_coco3d_json(path: Path, labels: Mapping[str, np.ndarray], image_names:
         **(dict(info) if info else {}),
     }
     dumps = lambda x: json.dumps(x, separators=(",", ":"))  # noqa: E731
-    side = tmp.with_name(tmp.name + ".annotations")
+    side = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}.annotations")
     try:
-        with open(tmp, "w") as f, open(side, "w+") as g:
+        with atomic_open(path, "w") as f, open(side, "w+") as g:
             f.write('{"info":' + dumps(header) + ',"categories":[{"id":1,"name":"person"}],"images":[\n')
             for i, (image, ann) in enumerate(coco3d_records(labels, image_names, width, height)):
                 f.write((",\n" if i else "") + dumps(image))
@@ -271,7 +269,6 @@ def write_coco3d_json(path: Path, labels: Mapping[str, np.ndarray], image_names:
             f.write("\n]}\n")
     finally:
         side.unlink(missing_ok=True)
-    os.replace(tmp, path)
 
 
 def hybrik_annotation_path(folder: Path, protocol: int = 2, name: str = HYBRIK_ANNOTATION_NAME) -> Path:

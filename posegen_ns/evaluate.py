@@ -26,6 +26,10 @@ clip and over all images (``overall`` weights every image equally). The JSON wri
 ``{"overall": {...}, "clips": {name: {...}}, "views": {name: {...}}, "config": {...}}`` with metric
 keys ``mpjpe_mm``, ``pa_mpjpe_mm``, ``pck150``, ``auc``, ``num_images``.
 
+``--engine ray [--num-workers N]`` (motions mode) scores the motions as Ray tasks, one per motion, on workers that
+each load the subject and the critic once (:func:`evaluate_motions_on_ray`, :mod:`posegen_ns.engine`): the same
+figures as in one process.
+
 Example::
 
     ns-posegen-eval --capture ~/.cache/posegen-ns/default_capture_v1 --poses ../shared/data/mocap/cmu \\
@@ -35,7 +39,7 @@ Example::
 from __future__ import annotations
 
 import fnmatch
-import json as jsonlib
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,11 +51,13 @@ from torch import Tensor
 
 from adapters.protocol import Critic
 from posegen_ns.body.model import BodyModel
+from posegen_ns.atomic_io import check_writable, write_json
 from posegen_ns.cli import jsonable, load_run, progress, run_console_script, say_for
-from posegen_ns.errors import PoseGenInputError
+from posegen_ns.errors import PoseGenInputError, require_folder
 from posegen_ns.geometry import project_points
 from posegen_ns.labels import camera_gt, framing_focal, orbit_cameras, person_boxes, root_of, subject_height
-from posegen_ns.critic.evaluation import EvalBatch, evaluate_critic
+from posegen_ns.critic.evaluation import EvalBatch, MetricAccumulator, evaluate_critic
+from posegen_ns.engine import Engine, check_engine, ray_session
 
 RenderFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int], Tensor]
 """``render(body_pose (B, 69), global_orient (B, 3), transl (B, 3), K (B, 3, 3), R (B, 3, 3), t (B, 3),
@@ -282,6 +288,10 @@ class EvalConfig:
     """Also write the results as JSON to this file."""
     quiet: bool = False
     """No progress output (the table is still printed)."""
+    engine: Engine = "local"
+    """'local' (this process) or 'ray' (motions as Ray tasks on the RAY_ADDRESS cluster, else a local Ray; same figures)."""
+    num_workers: int | None = None
+    """--engine ray: workers; default one per GPU of the cluster (with a cuda --device), else one per torch.get_num_threads() CPUs."""
 
 
 def load_eval_critic(cfg: EvalConfig, body_source: str, pipeline: Any = None) -> Critic:
@@ -376,11 +386,14 @@ def evaluate_motions_cli(cfg: EvalConfig) -> dict[str, Any]:
     motions = [load_motion(p, fit_body, stride=cfg.stride, max_frames=cfg.max_frames) for p in files]
     total = sum(len(m) for m in motions) * len(view_names)
     say(f"rendering {sum(len(m) for m in motions)} frames x {len(view_names)} views at {views.resolution} px; critic '{cfg.critic}'")
-    with progress("evaluating", total, cfg.quiet) as advance:
-        acc = evaluate_critic(
-            critic, iter_eval_batches(motions, body, betas, render, critic.joint_set, views, cfg.batch_size), view_names,
-            progress=advance,
-        )
+    if cfg.engine == "ray":
+        acc = evaluate_motions_on_ray(cfg, critic, motions, views, view_names)
+    else:
+        with progress("evaluating", total, cfg.quiet) as advance:
+            acc = evaluate_critic(
+                critic, iter_eval_batches(motions, body, betas, render, critic.joint_set, views, cfg.batch_size),
+                view_names, progress=advance,
+            )
     manifest = manifest_for(cfg.poses)
     clips = acc.summary("clips")
     for name in clips:
@@ -400,6 +413,52 @@ def _cpu_copy(body: BodyModel) -> BodyModel:
     return copy.deepcopy(body).cpu()
 
 
+# ---- on Ray (posegen_ns.engine) -------------------------------------------------------------------
+def load_eval_worker(cfg: EvalConfig) -> tuple[BodyModel, Tensor, RenderFn, Critic]:
+    """What an evaluation worker loads once: the subject (``body``, ``betas (nb,)``, its renderer) and the critic of
+    ``cfg`` as the driver does, on ``cfg.device``."""
+    body, betas, render, pipeline, source, _, _ = _subject(cfg, cfg.device)
+    return body, betas, render, load_eval_critic(cfg, source, pipeline).to(cfg.device).eval()
+
+
+def evaluate_motion(worker: tuple[BodyModel, Tensor, RenderFn, Critic], motion: Any, views: ViewConfig,
+                    view_names: Sequence[str], batch_size: int, critic_state: dict[str, Tensor]) -> MetricAccumulator:
+    """One evaluation task: the per-image metrics of every (frame, view) of ``motion`` (batches as in one process,
+    :func:`iter_eval_batches`), scored by the worker's critic (:func:`load_eval_worker`) with the driver's weights
+    ``critic_state`` (its ``state_dict``: random or run-specific weights are the same on every worker)."""
+    body, betas, render, critic = worker
+    critic.load_state_dict(critic_state)
+    return evaluate_critic(critic, iter_eval_batches([motion], body, betas, render, critic.joint_set, views, batch_size),
+                           view_names)
+
+
+def evaluate_motions_on_ray(cfg: EvalConfig, critic: Critic, motions: Sequence[Any], views: ViewConfig,
+                            view_names: Sequence[str]) -> MetricAccumulator:
+    """``--engine ray``: one Ray task per motion (:func:`posegen_ns.engine.run_tasks`; each worker loads the subject
+    and the critic once, :func:`load_eval_worker`); the per-motion accumulators are joined in motion order
+    (:meth:`~posegen_ns.critic.evaluation.MetricAccumulator.extend`), so every figure equals the local engine's.
+
+    Raises:
+        posegen_ns.engine.WorkerError: a worker failed (named with the motion).
+    """
+    from posegen_ns.engine import run_tasks
+
+    state = {k: v.detach().cpu() for k, v in critic.state_dict().items()}
+    with ray_session(cfg.num_workers, cfg.quiet):
+        parts = run_tasks(
+            functools.partial(load_eval_worker, cfg),
+            functools.partial(evaluate_motion, views=views, view_names=list(view_names), batch_size=cfg.batch_size,
+                              critic_state=state),
+            list(motions), [f"motion {m.name}" for m in motions], num_workers=cfg.num_workers,
+            sizes=[len(m) * len(view_names) for m in motions], description="evaluating", quiet=cfg.quiet,
+            use_gpus=str(cfg.device).startswith("cuda"),
+        )
+    acc = MetricAccumulator()
+    for part in parts:
+        acc.extend(part)
+    return acc
+
+
 def evaluate_benchmark_cli(cfg: EvalConfig) -> dict[str, Any]:
     """Benchmark mode of ``ns-posegen-eval`` (:mod:`posegen_ns.benchmarks`); returns the results dict."""
     from posegen_ns.benchmarks import PROTOCOLS, evaluate_benchmark, load_benchmark
@@ -407,9 +466,7 @@ def evaluate_benchmark_cli(cfg: EvalConfig) -> dict[str, Any]:
 
     if cfg.dataset_npz is None or cfg.image_root is None:
         raise PoseGenInputError(f"--benchmark {cfg.benchmark} needs --dataset-npz PATH and --image-root DIR.")
-    image_root = Path(cfg.image_root).expanduser()
-    if not image_root.is_dir():
-        raise PoseGenInputError(f"--image-root {image_root} does not exist; pass the folder the npz's 'imgname' paths are relative to.")
+    image_root = require_folder(cfg.image_root, "--image-root", "pass the folder the npz's 'imgname' paths are relative to")
     critic_body = cfg.critic_body or "open"
     gt_source = cfg.gt_body or critic_body
     bodies = None
@@ -428,10 +485,18 @@ def evaluate_benchmark_cli(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
-    """Run ``ns-posegen-eval`` for ``cfg``: evaluate, print the table, write ``--json``; returns the results."""
+    """Run ``ns-posegen-eval`` for ``cfg``: evaluate, print the table, write ``--json``; returns the results.
+
+    Raises:
+        PoseGenInputError: bad options or files; a ``--json`` path that cannot be written (checked first).
+    """
+    json_path = check_writable(cfg.json, "--json") if cfg.json is not None else None  # before the evaluation
+    check_engine(cfg.engine, cfg.num_workers)
     if cfg.benchmark is not None:
         if cfg.poses is not None:
             raise PoseGenInputError("pass either --benchmark (with --dataset-npz, --image-root) or --poses, not both.")
+        if cfg.engine != "local":
+            raise PoseGenInputError("--engine ray splits motions (--poses); a --benchmark runs with --engine local.")
         result = evaluate_benchmark_cli(cfg)
         title = f"ns-posegen-eval: {cfg.benchmark} ({result['overall'].get('protocol', '')})"
         group = "sequence"
@@ -440,10 +505,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         title = f"ns-posegen-eval: critic '{cfg.critic}' on {cfg.poses}"
         group = "clip"
     print_results(result, title, group)
-    if cfg.json is not None:
-        path = Path(cfg.json).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(jsonlib.dumps(result, indent=1, default=str))
+    if json_path is not None:
+        write_json(json_path, result, indent=1, default=str)  # atomic (posegen_ns.atomic_io)
     return result
 
 

@@ -44,7 +44,6 @@ overrides (:class:`SamplerOverrides`); ``--ours-rounds`` gives ours PoseGen's al
 from __future__ import annotations
 
 import copy
-import json as jsonlib
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -53,6 +52,7 @@ from typing import Any, Literal, Optional
 
 import torch
 
+from posegen_ns.atomic_io import atomic_open, check_writable, write_bytes, write_json
 from posegen_ns.cli import jsonable, load_run, run_console_script, say_for
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.labels import concat_samples, gt_from_camera_joints, critic_error
@@ -134,7 +134,7 @@ PRESETS: dict[str, ExperimentSizes] = {
     ),
     "cpu": ExperimentSizes(
         body="open", capture_cameras=6, capture_resolution=128, critic_pretrain_steps=1600, critic_input_size=128,
-        field_steps=800, loop_steps=150, num_gaussians=4000, sampler_batch=6, gan_steps=150, finetune_images=160,
+        field_steps=800, loop_steps=150, num_gaussians=4000, sampler_batch=6, gan_steps=150, finetune_images=320,
         finetune_batch=16, finetune_epochs=3, eval_stride=8, eval_max_frames=6, eval_cameras=4,
         eval_elevations=(-10.0, 15.0, 45.0), eval_resolution=128, eval_distance_scales=(0.8, 1.4), critic_source="h36m",
         repeats=5,
@@ -179,6 +179,16 @@ class SamplerOverrides:
     """Weight of the mode-seeking diversity term."""
     batch_size: Optional[int] = None
     """(pose, camera) samples per sampler step."""
+    num_regions: Optional[int] = None
+    """Regions of the pose prior whose hardness the sampler tracks (0 or 1: uniform choice of prior frames)."""
+    region_temperature: Optional[float] = None
+    """Sharpness of the choice of region."""
+    region_uniform_mix: Optional[float] = None
+    """Share of hard draws with a uniform region."""
+    elevation_range: Optional[tuple[float, float]] = None
+    """Camera elevation range (radians) of both the prior's uniform cameras and ours."""
+    distance_range: Optional[tuple[float, float]] = None
+    """Camera distance range (metres) of both the prior's uniform cameras and ours."""
 
     def given(self) -> dict[str, Any]:
         """``{field: value}`` of the fields that are set."""
@@ -209,6 +219,9 @@ class ExperimentConfig(ExperimentSizes):
     load_config: Optional[Path] = None
     """Reuse a trained ``ns-train posegen-human`` run (RUN/config.yml: its field, sampler and critic) instead of
     training one; its pose prior is cut to the training clips (the preset's body and training sizes are ignored)."""
+    critic_checkpoint: Optional[Path] = None
+    """With ``--load-config``: the critic checkpoint (SPIN layout, e.g. one written by ``ns-posegen-pretrain-critic``)
+    every arm starts from, instead of the run's; the run's critic settings (name, backbone, input size) apply."""
     seed: int = 0
     """Seed of sampling, fine-tuning and training."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
@@ -265,6 +278,12 @@ class ExperimentConfig(ExperimentSizes):
             PoseGenInputError: an unknown arm, ``--relearn-steps < 1``, ``--sampler.*`` without ``--relearn-steps``,
                 or ``--ours-prior-fraction`` outside [0, 1).
         """
+        if self.critic_checkpoint is not None and self.load_config is None:
+            raise PoseGenInputError("ns-posegen-experiment: --critic-checkpoint replaces a loaded run's critic: add "
+                                    "--load-config RUN/config.yml (a new run pre-trains the preset's critic).")
+        if self.critic_checkpoint is not None and not Path(self.critic_checkpoint).expanduser().is_file():
+            raise PoseGenInputError(f"ns-posegen-experiment: --critic-checkpoint {self.critic_checkpoint} does not exist; "
+                                    "pass a SPIN-layout checkpoint file.")
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown or not self.arms:
             raise PoseGenInputError(f"ns-posegen-experiment: --arms {' '.join(self.arms)}: each must be one of {', '.join(ARMS)}.")
@@ -296,7 +315,7 @@ def _train_clip_dir(root: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     for name in TRAIN_CLIPS:
         if not (d / f"{name}.bvh").is_file():
-            (d / f"{name}.bvh").write_bytes((shipped_clips_dir() / f"{name}.bvh").read_bytes())
+            write_bytes(d / f"{name}.bvh", (shipped_clips_dir() / f"{name}.bvh").read_bytes())
     return d
 
 
@@ -349,11 +368,12 @@ def train_pipeline(cfg: ExperimentConfig, sizes: ExperimentSizes, capture: Path)
     return pipeline
 
 
-def load_trained_pipeline(config_path: Path):
+def load_trained_pipeline(config_path: Path, critic_checkpoint: Optional[Path] = None):
     """A trained run's pipeline (:func:`posegen_ns.cli.load_run`) with its pose prior replaced by the shipped bank's
     :data:`PRIOR_SPLIT`, so that no arm draws poses of the evaluation clips. The run's generator was
     trained on its own prior; here it only receives training-clip poses as inputs. If the run fine-tuned
     its critic (rounds), the pre-trained critic is loaded again so that every arm starts from it.
+    ``critic_checkpoint`` replaces the run's critic checkpoint (same critic name and architecture settings).
 
     Raises:
         PoseGenInputError: ``config_path`` is not a file.
@@ -361,11 +381,18 @@ def load_trained_pipeline(config_path: Path):
     from posegen_ns.critic.loading import load_configured_critic
     from posegen_ns.data.pose_bank import load_shipped_pose_bank
 
-    pipeline = load_run(config_path)
+    def use_checkpoint(config: Any) -> Any:
+        if critic_checkpoint is not None:
+            config.pipeline.critic.checkpoint = Path(critic_checkpoint).expanduser()
+        return config
+
+    pipeline = load_run(config_path, update_config=use_checkpoint)
     dev = pipeline.prior_body_pose.device
     bank = load_shipped_pose_bank(split=PRIOR_SPLIT)
     pipeline.prior_body_pose = bank.body_pose.float().to(dev)
     pipeline.prior_global_orient = bank.global_orient.float().to(dev)
+    if pipeline.pose_regions.region_of.shape[0] != bank.body_pose.shape[0]:  # regions of another prior: cut this one
+        pipeline.pose_regions = pipeline.make_pose_regions()
     if pipeline.config.finetune_steps_per_round > 0:  # the saved critic was fine-tuned: start every arm from the pre-trained one
         body_source = pipeline.config.model.body or pipeline.datamanager.train_capture.body
         pipeline.critic = load_configured_critic(pipeline.config.critic, body_source).to(dev)
@@ -468,8 +495,10 @@ def relearn_sampler(pipeline: Any, steps: int, overrides: Optional[SamplerOverri
     overrides = overrides or SamplerOverrides()
     dev = pipeline.prior_body_pose.device
     pipeline.config.sampler = overrides.apply(pipeline.config.sampler)
+    pipeline.ranges = pipeline.config.sampler.ranges()
     torch.manual_seed(seed)
     pipeline.generator, pipeline.discriminator = pipeline.make_sampler_networks(dev)
+    pipeline.pose_regions = pipeline.make_pose_regions()
     pipeline.noise = torch.Generator().manual_seed(seed)
     sampler_steps(pipeline, steps, lr)
     return {"steps": steps, "sampler": overrides.given(), "report": pipeline.hardness_report()}
@@ -513,7 +542,7 @@ def finetune_ours_in_rounds(pipeline: Any, critic: Any, draw: Any, sizes: "Exper
         ``rounds``: per round its images, the hardness report of the sampler against that round's critic (from
         round 2), and its drawing and fine-tuning statistics.
     """
-    saved = {k: copy.deepcopy(getattr(pipeline, k).state_dict()) for k in ("generator", "discriminator")}
+    saved = {k: copy.deepcopy(getattr(pipeline, k).state_dict()) for k in ("generator", "discriminator", "pose_regions")}
     pretrained, noise = pipeline.critic, pipeline.noise
     parts = [sizes.finetune_images // cfg.ours_rounds] * cfg.ours_rounds
     parts[-1] += sizes.finetune_images - sum(parts)
@@ -733,13 +762,15 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     sizes = cfg.sizes()
     out_dir = Path(cfg.output_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.json is not None:  # before hours of work, not at their end
+        check_writable(cfg.json, "--json")
     cfg.output_dir = out_dir
     say = say_for("ns-posegen-experiment")
 
     if cfg.load_config is not None:
         t = time.time()
         say(f"loading the trained run {cfg.load_config}")
-        pipeline = load_trained_pipeline(cfg.load_config)
+        pipeline = load_trained_pipeline(cfg.load_config, cfg.critic_checkpoint)
         timing["load_run"] = time.time() - t
     else:
         t = time.time()
@@ -818,6 +849,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         "categories": sorted({c for r in rows for c in r["categories"]}),
         "elevations": list(dict.fromkeys(eval_set.elevations)),
         "critic": critic_report(pipeline),
+        "sampler_regions": pipeline.pose_regions.report(),
         "config": {"preset": cfg.preset, "sizes": asdict(sizes), "finetune": jsonable(cfg.finetune),
                    "capture_clips": list(TRAIN_CLIPS), "prior_split": PRIOR_SPLIT,
                    "eval_poses": str(cfg.eval_poses) if cfg.eval_poses is not None else f"shipped pose bank, split {EVAL_SPLIT!r}",
@@ -835,10 +867,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     plot_path = out_dir / "experiment.png"
     plot_results(results, plot_path)
     json_path = Path(cfg.json).expanduser() if cfg.json is not None else out_dir / "experiment.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = json_path.with_name(f".{json_path.name}.tmp")
-    tmp.write_text(jsonlib.dumps(results, indent=1, default=str))
-    tmp.replace(json_path)
+    write_json(json_path, results, indent=1, default=str)
     say(f"wrote {plot_path} and {json_path}; total {timing['total']:.0f} s")
     return results
 
@@ -1011,10 +1040,9 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     fig.suptitle("critic error before / after fine-tuning (bars: mean over repeats, whiskers: 95 % CI)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -29,7 +29,9 @@ to ``--output-dir`` (replacing it only with ``--overwrite``).
 If the process is killed (Ctrl-C, SIGTERM, ``kill -9``, a lost machine), running the same command
 again continues from the partial folder (``--no-resume`` starts over); batches whose labels file is
 missing are rendered again, so no sample is lost or written twice, and the result is byte-identical
-to an uninterrupted export. A Python error inside the export removes the partial folder instead.
+to an uninterrupted export. An I/O error (a full disk, a read-only folder) also keeps the partial folder and
+says what to free or fix (:func:`export_io_error`); every file is written atomically (:mod:`posegen_ns.atomic_io`).
+Another Python error inside the export removes the partial folder instead.
 
 Datasets bigger than one machine: ``--num-shards M --shard-index K`` renders the batches
 ``b % M == K`` into ``OUTPUT/shard-K`` (a complete dataset of its samples, original indices), one
@@ -44,10 +46,17 @@ are the same command)::
     ns-posegen-export merge --shards-dir big --output-dir big-merged   # hard links when possible
 
 The merged dataset equals (byte for byte, manifest aside) the one a single process writes.
+
+One command instead of the launch loop: ``--engine ray --num-workers N`` runs the batches as Ray tasks
+(:func:`ray_renderer`, :mod:`posegen_ns.engine`) on the cluster of ``RAY_ADDRESS`` (else a local Ray); every worker
+loads the run once and writes its batches into the same partial folder, a worker that dies is restarted and its
+batches run again, and the dataset equals the local export's byte for byte (README, "Scaling out").
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -57,7 +66,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Optional, Sequence, Union
+from typing import Annotated, Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -77,6 +86,10 @@ from posegen_ns.dataset_formats import (
 )
 from posegen_ns.cli import load_run, progress, run_console_script
 from posegen_ns.data.capture_data import write_png
+from posegen_ns.engine import Engine, WorkerError, check_engine, ray_session
+from posegen_ns.atomic_io import (
+    IO_ERRNOS_DENIED, IO_ERRNOS_FULL, folder_size, human_bytes, remove_stale_temporaries, write_json, write_text,
+)
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.geometry import axis_angle_to_matrix, project_points
 from posegen_ns.labels import camera_frame_smpl, concat_samples
@@ -146,6 +159,10 @@ class ExportConfig:
     """Which shard this process writes (0 .. num_shards-1), into OUTPUT_DIR/shard-K."""
     image_workers: int = 4
     """Threads encoding PNG files while the next batch renders."""
+    engine: Engine = "local"
+    """'local' (this process) or 'ray' (batches as Ray tasks on the RAY_ADDRESS cluster, else a local Ray; same bytes)."""
+    num_workers: Optional[int] = None
+    """--engine ray: workers; default one per GPU of the cluster, else one per torch.get_num_threads() CPUs."""
 
 
 @dataclass
@@ -205,9 +222,7 @@ def model_digest(pipeline) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_json(path, obj, indent=1)  # atomic (posegen_ns.atomic_io)
 
 
 def draw_samples(pipeline, indices: Sequence[int], hard: bool, seed: int):
@@ -358,7 +373,7 @@ def _acquire_lock(folder: Path) -> Path:
     """Mark ``folder`` as being written by this process (see :func:`_check_lock`)."""
     _check_lock(folder)
     lock = folder / _LOCK
-    lock.write_text(f"{socket.gethostname()} {os.getpid()}")
+    write_text(lock, f"{socket.gethostname()} {os.getpid()}")
     return lock
 
 
@@ -370,18 +385,25 @@ def _fingerprint_diff(a: Dict[str, Any], b: Dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------ export
 def export_samples(pipeline, output_dir: Path, num_samples: int, kind: str = "hard", batch_size: int = 8,
                    seed: int = 0, overwrite: bool = False, run_config: Path | None = None, resume: bool = True,
-                   shard_index: int = 0, num_shards: int = 1, image_workers: int = 4) -> Path:
+                   shard_index: int = 0, num_shards: int = 1, image_workers: int = 4,
+                   renderer: Optional[Callable[..., None]] = None) -> Path:
     """Render ``num_samples`` samples with ``pipeline`` (a :class:`~posegen_ns.pipeline.PoseGenPipeline`)
     and write them to ``output_dir`` (or ``output_dir/shard-K`` with ``num_shards > 1``), streaming
     batch by batch and resumable (see the module docstring).
+
+    ``renderer`` renders the missing batches of the plan into the partial folder instead of this process, called
+    as ``renderer(pipeline, partial, plan, meta, fingerprint, hard=..., workers=image_workers)`` (e.g.
+    :func:`ray_renderer`); the driver finalises as without it.
 
     Returns:
         The dataset folder written.
 
     Raises:
         PoseGenInputError: the output folder exists and ``overwrite`` is false; bad arguments; a
-            partial export with other settings is in the way; another process writes the same folder.
+            partial export with other settings is in the way; another process writes the same folder; an I/O
+            error (:func:`export_io_error`: the partial folder is kept for resume).
         KeyboardInterrupt: on Ctrl-C / SIGTERM (under ``main``); the partial folder is kept for resume.
+        posegen_ns.engine.WorkerError: a Ray worker failed (``renderer``); the partial folder is kept for resume.
     """
     output_dir = Path(output_dir)
     if kind not in ("hard", "prior"):
@@ -417,19 +439,23 @@ def export_samples(pipeline, output_dir: Path, num_samples: int, kind: str = "ha
     shard_info = {"shard": {"index": shard_index, "num_shards": num_shards} if num_shards > 1 else None,
                   "fingerprint": fingerprint}
 
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}{_PARTIAL_SUFFIX}")
-    state = _open_partial(tmp, fingerprint, resume, overwrite)
-    if state is None:
-        (tmp / "images").mkdir(parents=True)
-        (tmp / "masks").mkdir()
-        (tmp / _BATCHES).mkdir()
-        _write_json(tmp / _PROGRESS, {"fingerprint": fingerprint, "meta": meta, "state": "rendering",
-                                      "total": sum(b - a for a, b in plan), "done": 0})
-    lock = _acquire_lock(tmp)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        state = _open_partial(tmp, fingerprint, resume, overwrite)
+        if state is None:
+            (tmp / "images").mkdir(parents=True)
+            (tmp / "masks").mkdir()
+            (tmp / _BATCHES).mkdir()
+            _write_json(tmp / _PROGRESS, {"fingerprint": fingerprint, "meta": meta, "state": "rendering",
+                                          "total": sum(b - a for a, b in plan), "done": 0})
+        lock = _acquire_lock(tmp)
+        remove_stale_temporaries(tmp)  # files a killed process was writing (posegen_ns.atomic_io)
+    except OSError as err:  # cannot even start: a read-only or full output folder
+        raise export_io_error(err, tmp, plan) from err
     try:
         if state != "finalized":
-            _render_all(pipeline, tmp, plan, meta, fingerprint, hard=kind == "hard", workers=image_workers)
+            (renderer or _render_all)(pipeline, tmp, plan, meta, fingerprint, hard=kind == "hard", workers=image_workers)
             labels = _gather(tmp, plan)
             write_dataset_files(tmp, labels, meta, shard_info)
             progress = json.loads((tmp / _PROGRESS).read_text())
@@ -438,13 +464,48 @@ def export_samples(pipeline, output_dir: Path, num_samples: int, kind: str = "ha
         lock.unlink(missing_ok=True)
         _swap_in(tmp, target)
         (target / _PROGRESS).unlink(missing_ok=True)
-    except Exception:
-        shutil.rmtree(tmp, ignore_errors=True)  # an error, not an interruption: nothing half-written stays
+    except OSError as err:  # a full disk, a read-only folder: what was written is valid; keep it for resume
+        lock.unlink(missing_ok=True)
+        raise export_io_error(err, tmp, plan) from err
+    except Exception as exc:
+        if getattr(exc, "keep_partial", False):  # posegen_ns.engine.WorkerError: what was written is valid
+            lock.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)  # an error, not an interruption: nothing half-written stays
         raise
     except BaseException:  # KeyboardInterrupt / SystemExit: keep the partial folder for --resume
         lock.unlink(missing_ok=True)
         raise
     return target
+
+
+def export_io_error(err: OSError, partial: Path, plan: Sequence[tuple[int, int]]) -> PoseGenInputError:
+    """The message for an I/O error of an export (``err``: a full disk, a read-only folder, a failing disk): what
+    happened to which file, how many samples of ``plan`` are kept in the ``partial`` folder, what to free or fix,
+    and that running the same command again resumes."""
+    total = sum(b - a for a, b in plan)
+    done = sum(b - a for a, b in plan if _batch_file(partial, a).exists())
+    where = Path(err.filename) if err.filename else partial
+    kept = (f"{done} of {total} samples are written and kept in {partial}" if done else
+            f"no sample was finished yet ({partial} is kept)" if partial.exists() else "nothing was written")
+    again = "then run the same command again to resume" if partial.exists() else "then run the same command again"
+    if err.errno in IO_ERRNOS_FULL:
+        size = folder_size(partial) if partial.exists() else 0
+        need = (f"about {human_bytes(1.5 * size / done * (total - done) + 1e6)}" if done else
+                "room for the dataset (at least a few MB per 100 samples)")
+        return PoseGenInputError(
+            f"export: no space left on the disk of {where} ({err.strerror}); {kept}. Free {need} on that disk "
+            f"(or raise the quota), {again}."
+        )
+    if err.errno in IO_ERRNOS_DENIED:
+        folder = where if where.is_dir() else where.parent
+        return PoseGenInputError(
+            f"export: cannot write {where} ({err.strerror}: a read-only file system or missing permission); {kept}. "
+            f"Make {folder} writable, {again} (or pass an --output-dir on a writable disk)."
+        )
+    return PoseGenInputError(
+        f"export: I/O error on {where} ({err.strerror or err}); {kept}. Check or free that disk, {again}."
+    )
 
 
 def _open_partial(tmp: Path, fingerprint: Dict[str, Any], resume: bool, overwrite: bool) -> Optional[str]:
@@ -526,6 +587,86 @@ def _gather(tmp: Path, plan) -> Dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+# ------------------------------------------------------------------------------------------ engine
+def write_batch(pipeline, batch: tuple[int, int], partial: Path, num_samples: int, hard: bool, seed: int,
+                image_workers: int = 4) -> int:
+    """Render samples ``batch = (start, stop)`` and write them into the partial folder ``partial`` as the local
+    export does: images and masks, then the batch's labels file (atomically and last: the batch is done once it
+    exists). A batch whose labels file exists is skipped, so a task that runs again (a retried Ray task) writes
+    no sample twice. The unit of work of an export worker (:func:`ray_renderer`).
+
+    Returns:
+        The number of samples written (0 when skipped).
+
+    Raises:
+        OSError: a file could not be written.
+    """
+    start, stop = batch
+    if _batch_file(partial, start).exists():
+        return 0
+    pipeline.eval()
+    with torch.no_grad():
+        labels, rgb, mask = render_batch(pipeline, range(start, stop), hard, seed)
+    with ThreadPoolExecutor(max(1, image_workers)) as pool:
+        futures = [pool.submit(write_png, partial / folder / image_name(i, num_samples), arrays[j])
+                   for j, i in enumerate(range(start, stop)) for folder, arrays in (("images", rgb), ("masks", mask))]
+        for f in futures:
+            f.result()
+    save_npz_deterministic(_batch_file(partial, start), labels)
+    return stop - start
+
+
+def load_export_worker(run_config: Path, digest: str):
+    """What an export worker loads once: the run's pipeline (:func:`posegen_ns.cli.load_run`), checked to be the
+    checkpoint the driver fingerprinted (:func:`model_digest` equal to ``digest``).
+
+    Raises:
+        PoseGenInputError: the worker loaded another checkpoint (the run folder differs on its node).
+    """
+    pipeline = load_run(run_config)
+    got = model_digest(pipeline)
+    if got != digest:
+        raise PoseGenInputError(
+            f"--load-config {run_config}: the worker on {socket.gethostname()} loaded a checkpoint with another digest "
+            f"({got[:12]} vs the driver's {digest[:12]}); give every node the same run folder (a shared file system) "
+            f"and do not train into it while exporting"
+        )
+    return pipeline
+
+
+def ray_renderer(run_config: Path, num_workers: Optional[int] = None, quiet: bool = False) -> Callable[..., None]:
+    """A ``renderer`` for :func:`export_samples` that renders on Ray (call the export inside
+    :func:`posegen_ns.engine.ray_session`): the missing batches become tasks (:func:`posegen_ns.engine.run_tasks`)
+    on ``num_workers`` workers, each loading ``run_config`` once (:func:`load_export_worker`) and writing its
+    batches into the same partial folder (:func:`write_batch`); the driver shows one progress bar and keeps
+    ``progress.json``. The dataset is the local export's, byte for byte, whatever the number of workers."""
+    from posegen_ns.engine import run_tasks
+
+    def render_all(pipeline, tmp: Path, plan, meta, fingerprint, hard: bool, workers: int) -> None:
+        todo = [(a, b) for a, b in plan if not _batch_file(tmp, a).exists()]
+        total = sum(b - a for a, b in plan)
+        done = total - sum(b - a for a, b in todo)
+        if done:
+            print(f"resuming the export in {tmp}: {done} of {total} samples already written")
+
+        def on_result(i: int, _written: int) -> None:
+            nonlocal done
+            done += todo[i][1] - todo[i][0]
+            _write_json(tmp / _PROGRESS, {"fingerprint": fingerprint, "meta": meta, "state": "rendering",
+                                          "total": total, "done": done})
+
+        run_tasks(
+            functools.partial(load_export_worker, Path(run_config).resolve(), meta["model_digest"]),
+            functools.partial(write_batch, partial=tmp.resolve(), num_samples=meta["num_samples"], hard=hard,
+                              seed=meta["seed"], image_workers=workers),
+            todo, [f"batch {a // meta['batch_size']} (samples {a}..{b - 1})" for a, b in todo],
+            num_workers=num_workers, sizes=[b - a for a, b in todo], description="rendering samples", suffix="img/s",
+            completed=done, quiet=quiet, on_result=on_result,
+        )
+
+    return render_all
+
+
 # ------------------------------------------------------------------------------------------ merge
 def merge_shards(shards_dir: Path, output_dir: Path, overwrite: bool = False, remove_shards: bool = False) -> Path:
     """Join ``shards_dir/shard-0 .. shard-{M-1}`` (one sharded export) into the dataset ``output_dir``.
@@ -587,6 +728,12 @@ def merge_shards(shards_dir: Path, output_dir: Path, overwrite: bool = False, re
         fingerprint = {**fp0, "shard_index": 0, "num_shards": 1}
         write_dataset_files(tmp, labels, meta, {"shard": None, "fingerprint": fingerprint,
                                                 "merged_from": [str(indices[k]) for k in range(M)]})
+    except OSError as err:  # a full disk, a read-only folder: the shards are intact, the merge can simply run again
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PoseGenInputError(
+            f"merge: cannot write {err.filename or tmp} ({err.strerror or err}); the shards in {shards_dir} are intact: "
+            f"free space on (or make writable) the disk of {output_dir}, then run the merge again."
+        ) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -622,15 +769,23 @@ def main(config: ExportConfig) -> Path:
     target = config.output_dir / f"shard-{config.shard_index}" if config.num_shards > 1 else config.output_dir
     if target.exists() and not config.overwrite:
         raise PoseGenInputError(f"output folder {target} exists; pass --overwrite to replace it")
+    check_engine(config.engine, config.num_workers)
     _interrupt_on_sigterm()
     pipeline = load_run(config.load_config)
+    on_ray = config.engine == "ray"
     try:
-        out = export_samples(pipeline, config.output_dir, config.num_samples, config.kind, config.batch_size,
-                             config.seed, config.overwrite, run_config=config.load_config, resume=config.resume,
-                             shard_index=config.shard_index, num_shards=config.num_shards,
-                             image_workers=config.image_workers)
+        with ray_session(config.num_workers) if on_ray else contextlib.nullcontext():
+            out = export_samples(pipeline, config.output_dir, config.num_samples, config.kind, config.batch_size,
+                                 config.seed, config.overwrite, run_config=config.load_config, resume=config.resume,
+                                 shard_index=config.shard_index, num_shards=config.num_shards,
+                                 image_workers=config.image_workers,
+                                 renderer=ray_renderer(config.load_config, config.num_workers) if on_ray else None)
     except KeyboardInterrupt:
         print(f"interrupted; the partial export is kept next to {target}: run the same command again to resume")
+        raise
+    except WorkerError:
+        print(f"a Ray worker failed (below); the partial export is kept next to {target}: run the same command "
+              f"again to resume")
         raise
     n = sum(b - a for a, b in shard_batches(config.num_samples, config.batch_size, config.shard_index, config.num_shards))
     print(f"wrote {n} samples to {out}")

@@ -311,6 +311,47 @@ def concat_samples(parts: Sequence[Any]) -> Any:
     return type(parts[0])(**out)
 
 
+def critic_failure(critic: Any, rows: Sequence[int], batch: int, what: str = "joints") -> PoseGenInputError:
+    """The error for a critic that predicted NaN or inf ``what`` for samples ``rows`` of a batch of ``batch``: it
+    blames the critic (its weights), not the poses or the images it was shown."""
+    return PoseGenInputError(
+        f"the critic ({type(critic).__name__}) predicted NaN or inf {what} for samples {list(rows)[:10]} of a batch of "
+        f"{batch} whose rendered images are finite: the critic is broken, not the poses (non-finite or diverged "
+        "weights, e.g. after fine-tuning at too high a learning rate); pass another critic checkpoint or lower the "
+        "critic's learning rate (--optimizers.critic.optimizer.lr)."
+    )
+
+
+def check_critic_values(critic: Any, what: str, *values: Tensor) -> None:
+    """Raise :func:`critic_failure` if a row of any of a critic's raw outputs ``values`` (each ``(B, ...)``) is NaN
+    or inf: a critic calls it on its network's outputs before posing a body with them, so that a broken critic is
+    not reported as a bad pose by the body model. Costs one device synchronisation."""
+    bad = torch.zeros(values[0].shape[0], dtype=torch.bool, device=values[0].device)
+    for v in values:
+        bad |= ~torch.isfinite(v.detach()).reshape(v.shape[0], -1).all(1)
+    if bool(bad.any()):
+        raise critic_failure(critic, bad.nonzero().flatten().tolist(), int(bad.shape[0]), what)
+
+
+def check_critic_output(critic: Any, pred: Tensor, images: Tensor) -> None:
+    """Blame a non-finite prediction on the critic: a differentiable critic (``critic.differentiable``, as HMR/SPIN
+    and HybrIK) must predict finite joints ``pred (B, J, 3)`` for finite ``images (B, ...)``; black boxes may return
+    NaN rows for "no person found" and are not checked. Costs one device synchronisation.
+
+    Raises:
+        PoseGenInputError: NaN or inf joints for samples whose images are finite (:func:`critic_failure`).
+    """
+    if not getattr(critic, "differentiable", True):
+        return
+    bad = ~torch.isfinite(pred.detach()).reshape(pred.shape[0], -1).all(1)
+    if not bool(bad.any()):
+        return
+    bad &= torch.isfinite(images.detach()).reshape(images.shape[0], -1).all(1)
+    rows = bad.nonzero().flatten().tolist()
+    if rows:
+        raise critic_failure(critic, rows, pred.shape[0])
+
+
 RenderFn = Callable[..., Any]
 """``render(body_pose (B, 69), global_orient (B, 3), transl (B, 3), K, R, t, width, height, betas (B, S))``
 returning an object with ``rgb (B, H, W, 3)``, ``alpha (B, H, W, 1)`` and ``body``
@@ -342,6 +383,7 @@ def render_and_score(
     j2d_smpl, j_smpl_cam = project_points(out.body.joints, K, R, t)
     boxes = person_boxes(j2d_h36m)
     pred = critic(out.rgb.permute(0, 3, 1, 2), boxes)
+    check_critic_output(critic, pred, out.rgb)
     gt = gt_from_camera_joints(critic.joint_set, j_h36m_cam, j_smpl_cam)
     return SampleBatch(
         body_pose=body_pose, global_orient=global_orient, transl=transl, betas=betas, K=K, R=R, t=t,

@@ -24,7 +24,6 @@ folder.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from rich.table import Table
 from torch.nn import Parameter
 
 from posegen_ns.datamanager import PoseGenDataManagerConfig
+from posegen_ns.atomic_io import write_json
 from posegen_ns.critic.loading import CriticConfig, load_configured_critic
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.critic.finetune import FinetuneConfig, FinetuneStats, batch_from_samples, finetune_losses, outlier_mask, select, source_count
@@ -50,6 +50,7 @@ from posegen_ns.sampler import (
     HardPoseGenerator,
     PartDiscriminator,
     PoseCameraSample,
+    PoseRegions,
     bounded_hardness_loss,
     joint_limit_penalty,
 )
@@ -188,6 +189,7 @@ class PoseGenPipeline(VanillaPipeline):
         self.register_buffer("prior_body_pose", bank.body_pose.float().to(device))
         self.register_buffer("prior_global_orient", bank.global_orient.float().to(device))
         self.register_buffer("reference_error", torch.tensor(float("nan"), device=device))
+        self.pose_regions = self.make_pose_regions()
         self.critic = load_configured_critic(config.critic, body_source).to(device)  # posegen_ns.critic.loading
         for p in self.critic.parameters():
             p.requires_grad_(False)
@@ -219,6 +221,13 @@ class PoseGenPipeline(VanillaPipeline):
                                 max_camera_mean=s.max_camera_mean, max_camera_std=s.max_camera_std,
                                 min_azimuth_std=s.min_azimuth_std, max_azimuth_std=s.max_azimuth_std)
         return gen.to(device), PartDiscriminator().to(device)
+
+    def make_pose_regions(self) -> PoseRegions:
+        """The learned choice of prior frames for hard draws (:class:`~posegen_ns.sampler.regions.PoseRegions`) as
+        ``config.sampler`` describes it, with no error statistics yet (``--relearn-steps`` rebuilds it)."""
+        s = self.config.sampler
+        return PoseRegions(self.prior_body_pose, self.prior_global_orient, s.num_regions, s.region_temperature,
+                           s.region_uniform_mix, seed=self.config.seed)
 
     @property
     def loop_started(self) -> bool:
@@ -261,7 +270,10 @@ class PoseGenPipeline(VanillaPipeline):
         ``paired``: the second half of the batch reuses the first half's real poses (with other noise)."""
         noise = noise or self.noise
         dev = self.prior_body_pose.device
-        idx = torch.randint(self.prior_body_pose.shape[0], (num,), generator=noise)
+        if hard and self.pose_regions.num_regions > 1:
+            idx = self.pose_regions.sample_indices(num, noise).cpu()
+        else:
+            idx = torch.randint(self.prior_body_pose.shape[0], (num,), generator=noise)
         if paired:
             idx[num // 2 : 2 * (num // 2)] = idx[: num // 2]
         idx = idx.to(dev)
@@ -269,9 +281,10 @@ class PoseGenPipeline(VanillaPipeline):
         if hard:
             z = torch.randn(num, self.config.sampler.noise_dim, generator=noise).to(dev)
             sample = self.generator(pose, orient, z)
-            sample.noise = z
+            sample.noise, sample.prior_index = z, idx
             return sample
-        return PoseCameraSample(body_pose=pose, global_orient=orient, camera=self.ranges.sample_uniform(num, noise).to(dev))
+        return PoseCameraSample(body_pose=pose, global_orient=orient, camera=self.ranges.sample_uniform(num, noise).to(dev),
+                                prior_index=idx)
 
     def render_and_score(self, sample: PoseCameraSample) -> SampleBatch:
         """Render samples with the field and score them with the critic (:func:`posegen_ns.labels.render_and_score`;
@@ -373,8 +386,11 @@ class PoseGenPipeline(VanillaPipeline):
         the render, adversarial, joint limits, residual, diversity; the discriminator's loss), the hardness reference
         updated from prior samples. Returns nerfstudio's ``(outputs, loss_dict, metrics_dict)``."""
         cfg = self.config.sampler
-        with torch.no_grad():  # running reference: the critic's error on prior samples
-            prior_err = self.render_and_score(self.draw(cfg.batch_size, hard=False)).error.nanmean()
+        with torch.no_grad():  # running reference: the critic's error on prior samples (and per region of the prior)
+            prior = self.draw(cfg.batch_size, hard=False)
+            prior_errors = self.render_and_score(prior).error
+            self.pose_regions.update(prior.prior_index, prior_errors)
+            prior_err = prior_errors.nanmean()
             if not torch.isfinite(prior_err):  # a black-box critic found nobody: keep the reference
                 pass
             elif not self.loop_started:
@@ -391,7 +407,9 @@ class PoseGenPipeline(VanillaPipeline):
         real_logits = self.discriminator(self.prior_body_pose[real_idx.to(self.prior_body_pose.device)])
         fake_d = self.discriminator(sample.body_pose.detach())
         if getattr(self.critic, "differentiable", True):
-            hardness = bounded_hardness_loss(scored.error, self.reference_error, cfg.target_ratio)
+            # each sample against its own region of the prior (the region choice supplies the hard poses)
+            reference = self.pose_regions.reference(sample.prior_index, self.reference_error)
+            hardness = bounded_hardness_loss(scored.error, reference, cfg.target_ratio)
         else:
             hardness = self._black_box_hardness(sample)
         losses = {
@@ -533,7 +551,7 @@ class PoseGenPipeline(VanillaPipeline):
         )
         if base_dir is not None:
             base_dir.mkdir(parents=True, exist_ok=True)
-            (base_dir / "posegen_report.json").write_text(json.dumps(self.report, indent=2))
+            write_json(base_dir / "posegen_report.json", self.report, indent=2)  # atomic (posegen_ns.atomic_io)
 
     def _report(self, step: int, base_dir: Optional[Path], final: bool) -> None:
         self.eval()
@@ -569,4 +587,4 @@ class PoseGenPipeline(VanillaPipeline):
         CONSOLE.log(f"report computed in {time.time() - started:.1f} s")
         if base_dir is not None:
             base_dir.mkdir(parents=True, exist_ok=True)
-            (base_dir / "posegen_report.json").write_text(json.dumps(self.report, indent=2))
+            write_json(base_dir / "posegen_report.json", self.report, indent=2)  # atomic (posegen_ns.atomic_io)

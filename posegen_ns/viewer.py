@@ -23,6 +23,10 @@ What the panel does:
 - **Export batch** writes the shown batch (its kind) with the dataset writer of
   ``ns-posegen-export`` (:func:`posegen_ns.export.export_samples`, atomic) to
   ``RUN/viewer_exports/batch-XXXX``.
+- **The initial camera**: every browser that connects opens on the body framed as the capture's cameras
+  frame it (:meth:`HardSampleBrowser.initial_camera`: the first training camera's position, orientation and
+  vertical field of view, looking at the body in ``viewer_pose``, world +y up), instead of viser's default camera
+  a few decimetres from the world origin, which is at the subject's feet.
 
 The button callbacks only call plain methods (:meth:`HardSampleBrowser.draw_batch`,
 :meth:`~HardSampleBrowser.select`, :meth:`~HardSampleBrowser.export_batch`), which work without a
@@ -178,6 +182,19 @@ class BrowserBatch:
         return len(self.labels["hard"]["sample_index"])
 
 
+class _FramingViewerControl(ViewerControl):
+    """nerfstudio's :class:`ViewerControl` (the viewer calls ``_setup`` with itself) that also hands every newly
+    connected browser to ``on_connect`` (viser calls it once the browser has sent its first camera)."""
+
+    def __init__(self, on_connect) -> None:
+        super().__init__()
+        self._on_connect = on_connect
+
+    def _setup(self, viewer) -> None:
+        super()._setup(viewer)
+        viewer.viser_server.on_client_connect(self._on_connect)
+
+
 class HardSampleBrowser(torch.nn.Module):
     """The viewer panel over hard samples of a :class:`~posegen_ns.pipeline.PoseGenPipeline` (see
     the module docstring).
@@ -202,7 +219,7 @@ class HardSampleBrowser(torch.nn.Module):
         self.export_root: Optional[Path] = None
         self.exports: Dict[Tuple[int, str], Path] = {}
         self._draws = 0
-        self.viewer_control = ViewerControl()
+        self.viewer_control = _FramingViewerControl(self.frame_client)
         self.batch_kind = ViewerDropdown(
             "Sample kind", "hard", ["hard", "prior"], cb_hook=self._on_kind,
             hint="hard: the learned generator's samples; prior: the same real poses with uniform cameras",
@@ -339,6 +356,50 @@ class HardSampleBrowser(torch.nn.Module):
         H = self.batch.images[kind].shape[1]
         return {"position": -R.T @ t, "wxyz": vtf.SO3.from_matrix(R.T).wxyz, "up": -R[1],
                 "fov": np.float64(2 * np.arctan(H / (2 * K[1, 1])))}
+
+    def initial_camera(self) -> Dict[str, np.ndarray]:
+        """The camera a browser opens on: the first training camera of the capture (the capture's cameras frame the
+        whole body) looking at the body in the model's ``viewer_pose``.
+
+        The position and orientation are that camera's, with the look-at point on its optical axis at the depth of
+        the centre of the posed body's bounding box (the orbit controls turn about it), the image's up direction as
+        up (world +y for the capture writer's cameras) and its vertical field of view; so the opening view is the
+        capture camera's image of the body.
+
+        Returns:
+            ``position (3,)``, ``look_at (3,)``, ``up (3,)`` world frame, metres (viser's scene is nerfstudio's
+            world times ``VISER_NERFSTUDIO_SCALE_RATIO``), ``fov`` vertical, radians, and ``camera`` (its index).
+        """
+        pipeline = self._pipeline
+        capture = pipeline.datamanager.train_capture
+        camera = int(pipeline.datamanager.train_camera_indices[0])
+        K, R, t = (x[camera].detach().double().cpu().numpy() for x in (capture.K, capture.R, capture.t))
+        model = pipeline.model
+        dev = model.betas.device
+        body_pose, global_orient, transl = (torch.as_tensor(x, device=dev).float()[None] for x in model.viewer_pose)
+        with torch.no_grad():
+            verts = model.body(body_pose, global_orient, model.betas[None].float(), transl).vertices[0]
+        verts = verts.double().cpu().numpy()
+        centre = 0.5 * (verts.min(0) + verts.max(0))
+        position = -R.T @ t
+        depth = float(R[2] @ centre + t[2])
+        return {"position": position, "look_at": position + depth * R[2], "up": -R[1],
+                "fov": np.float64(2 * np.arctan(capture.height / (2 * K[1, 1]))), "camera": camera}
+
+    def frame_client(self, client) -> None:
+        """Move a newly connected browser's camera to :meth:`initial_camera` (the viewer calls this on connect;
+        an error is printed, the browser keeps viser's default camera)."""
+        from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO as S
+
+        try:
+            cam = self.initial_camera()
+            with client.atomic():
+                client.camera.up_direction = cam["up"]
+                client.camera.position = cam["position"] * S
+                client.camera.look_at = cam["look_at"] * S
+                client.camera.fov = float(cam["fov"])
+        except Exception as exc:  # noqa: BLE001 - the viewer keeps running with viser's default camera
+            CONSOLE.print(f"[bold red]hard-sample viewer: could not set the initial camera: {exc}")
 
     def view_from_sample(self) -> int:
         """Move every connected browser's camera to the shown sample's camera (position, orientation,

@@ -25,7 +25,6 @@ at a resolution once a call takes more than ``--max-call-seconds`` or ``--budget
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -45,6 +44,7 @@ if "OMP_WAIT_POLICY" not in os.environ and __name__ == "__main__":
 import torch  # noqa: E402
 import tyro  # noqa: E402
 
+from posegen_ns.atomic_io import check_writable, write_json  # noqa: E402
 from posegen_ns.geometry import orbit_extrinsics, project_points  # noqa: E402
 
 ELEVATION = (-0.25, 0.6)
@@ -177,6 +177,8 @@ class BenchConfig:
 
 def main() -> None:
     args = tyro.cli(BenchConfig, description=__doc__.splitlines()[0])
+    if args.json:
+        check_writable(args.json, "--json")  # fail now, not after the benchmark
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_render.py --device cuda: torch sees no CUDA device")
     if args.threads:
@@ -216,8 +218,7 @@ def main() -> None:
             if per_call > max_call:
                 break
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": args.device, "results": results}, indent=1))
+        write_json(args.json, {"device": args.device, "results": results}, indent=1)  # atomic (posegen_ns.atomic_io)
         print(f"wrote {args.json}")
 
 

@@ -9,7 +9,6 @@ components explain and the RMS error of each regressed joint over the sampled po
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,7 @@ def main(output: Path | None = None, num_samples: int = NUM_SHAPE_SAMPLES, seed:
     data = build_open_body(num_samples=num_samples, seed=seed, report=report)
     path = output or cache_dir() / OPEN_BODY_FILENAME
     validate_smpl_dict(data, path)
-    private = write_smpl_npz(data, path.with_name(f"{path.stem}.{os.getpid()}.npz"))
-    os.replace(private, path)
+    write_smpl_npz(data, path)  # atomic (posegen_ns.atomic_io)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     print(f"vertices {len(data['v_template'])}, triangles {len(data['f'])}, uv vertices {len(data['vt'])}, "
           f"texture {data['texture'].shape}")

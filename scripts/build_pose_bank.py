@@ -9,7 +9,7 @@ with the package's reader (:func:`posegen_ns.mocap.load_motion`; fits are cached
 ``cache_dir()/mocap_fits``), keeps about :data:`~posegen_ns.data.pose_bank.TARGET_FPS` poses per
 second (every 4th frame at 120 fps, every 2nd at 60 fps; short windows of 14-20 frames, manifest
 ``truncated=yes``, are kept whole as they are the only samples of their motion), and writes one compressed ``.npz``
-(layout: :mod:`posegen_ns.data.pose_bank`) atomically (temporary name + ``os.replace``). Prints one
+(layout: :mod:`posegen_ns.data.pose_bank`) atomically (:func:`posegen_ns.atomic_io.save_npz`: temporary name + ``os.replace``). Prints one
 line per clip (frames kept, fit error, time) and the file's size. Every clip must be in exactly one
 of the source / prior / eval sets (:mod:`posegen_ns.data.splits`).
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 import tyro
 
+from posegen_ns.atomic_io import save_npz
 from posegen_ns.body import load_body_model
 from posegen_ns.data.pose_bank import FORMAT_VERSION, TARGET_FPS, read_pose_bank_file, shipped_pose_bank_path
 from posegen_ns.data.poses import body_id
@@ -118,11 +118,7 @@ def main(args: Args) -> Path:
         "body_id": np.array(body_id(body)),
     }
     rot_err = np.abs(arrays["body_pose"].astype(np.float32) - cat["body_pose"]).max()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    read_pose_bank_file(tmp)  # validate before it replaces the old bank
-    os.replace(tmp, out)
+    save_npz(out, arrays, compressed=True, check=read_pose_bank_file)  # validated before it replaces the old bank
     n = len(arrays["body_pose"])
     print(f"\nwrote {out}: {n} poses of {len(names)} clips, {out.stat().st_size / 1e6:.2f} MB "
           f"(float16 rounding of body_pose <= {rot_err:.4f} rad); total {time.perf_counter() - t_all:.1f} s")

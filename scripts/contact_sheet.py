@@ -27,6 +27,7 @@ import torch
 import tyro
 
 from posegen_ns.body.joint_sets import SKELETON_PARENTS
+from posegen_ns.data.capture_data import write_png
 
 
 @dataclass
@@ -92,8 +93,7 @@ def contact_sheet(cfg: ContactSheetConfig) -> dict:
         y, x = r * T, c * 2 * T
         sheet[y : y + img.shape[0], x : x + img.shape[1]] = img
         sheet[y : y + over.shape[0], x + T : x + T + over.shape[1]] = over
-    cfg.output.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(cfg.output), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    write_png(cfg.output, sheet)  # the project's PNG writer (atomic; creates the folder)
     out = {
         "hard": pipeline.diversity(pipeline.draw(cfg.num_diversity, hard=True, noise=torch.Generator().manual_seed(cfg.seed + 1))),
         "prior": pipeline.diversity(pipeline.draw(cfg.num_diversity, hard=False, noise=torch.Generator().manual_seed(cfg.seed + 1))),

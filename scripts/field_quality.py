@@ -32,7 +32,6 @@ steps. Reported per variant: the metrics, the final number of Gaussians, trainin
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -47,6 +46,8 @@ if "OMP_WAIT_POLICY" not in os.environ and __name__ == "__main__":
 
 import torch  # noqa: E402
 import tyro  # noqa: E402
+
+from posegen_ns.atomic_io import check_writable, write_json  # noqa: E402
 
 VARIANTS = {
     "lbs": {"pose_residual": False, "densify": False},
@@ -150,6 +151,9 @@ def train_variant(cfg: FieldQualityConfig, data: Path, name: str) -> dict:
 
 
 def main(cfg: FieldQualityConfig) -> list[dict]:
+    """Fit and score every variant of ``cfg``; print a line each, write ``--json``; returns the results."""
+    if cfg.json is not None:
+        check_writable(cfg.json, "--json")  # fail now, not after the fits
     torch.manual_seed(cfg.seed)
     data = capture_dir(cfg)
     from posegen_ns.data.capture import read_capture
@@ -176,7 +180,7 @@ def main(cfg: FieldQualityConfig) -> list[dict]:
               f"{r['novel_view_psnr_person']:>7.2f} {r['novel_view_ssim']:>6.3f} | {r['novel_pose_psnr']:>9.2f} "
               f"{r['novel_pose_psnr_person']:>7.2f} {r['novel_pose_ssim']:>6.3f}")
     if cfg.json is not None:
-        cfg.json.write_text(json.dumps({"config": {k: str(v) for k, v in vars(cfg).items()}, "results": results}, indent=2))
+        write_json(cfg.json, {"config": {k: str(v) for k, v in vars(cfg).items()}, "results": results}, indent=2)
     return results
 
 

@@ -22,7 +22,6 @@ recipe and prints its MPJPE / PA-MPJPE / PCK@150 on the held-out motions (one li
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 import tyro
 
 from posegen_ns import experiment as E
+from posegen_ns.atomic_io import check_writable, write_json
 from posegen_ns.critic.finetune import finetune_critic
 from posegen_ns.labels import concat_samples
 from posegen_ns.sampler import PoseCameraSample
@@ -100,6 +100,8 @@ def check_sets(sets: tuple[str, ...], draws: dict[str, Draw]) -> None:
 def main(cfg: AblationConfig) -> dict[str, dict[str, float]]:
     """Fine-tune and evaluate one critic per set of ``cfg.sets``; print a line each and return
     ``{set: {"mpjpe_mm", "pa_mpjpe_mm", "pck150", "finetune_set_error_mm", "seconds"}}`` (mm, fraction, s)."""
+    if cfg.json is not None:
+        check_writable(cfg.json, "--json")  # fail now, not after the ablation
     ecfg = E.ExperimentConfig(preset="gpu", load_config=cfg.load_config, finetune_images=cfg.finetune_images,
                               finetune_batch=cfg.finetune_batch, finetune_epochs=cfg.finetune_epochs,
                               eval_stride=cfg.eval_stride, eval_elevations=cfg.eval_elevations, seed=cfg.seed)
@@ -126,8 +128,7 @@ def main(cfg: AblationConfig) -> dict[str, dict[str, float]]:
         print(f"{name:22s} MPJPE {r['mpjpe_mm']:6.1f}  PA-MPJPE {r['pa_mpjpe_mm']:6.1f}  PCK@150 {100 * r['pck150']:5.1f} %  "
               f"pre-trained critic on the set {r['finetune_set_error_mm']:6.1f} mm  ({r['seconds']:.0f} s)", flush=True)
     if cfg.json is not None:
-        cfg.json.parent.mkdir(parents=True, exist_ok=True)
-        cfg.json.write_text(json.dumps({"config": str(cfg), "results": results}, indent=1))
+        write_json(cfg.json, {"config": str(cfg), "results": results}, indent=1)  # atomic (posegen_ns.atomic_io)
     return results
 
 

@@ -162,3 +162,25 @@ def test_black_box_critic_drives_the_generator_by_evolution_strategies(trained_r
     losses["hardness"].backward()
     grads = [p.grad for p in pipeline.generator.parameters() if p.grad is not None]
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_hard_draws_start_from_the_regions_the_critic_finds_hard(trained_run):
+    """The sampler's learned choice of prior frames: scored during the loop, and hard draws follow it."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(trained_run, test_mode="inference")
+    regions = pipeline.pose_regions
+    assert regions.num_regions > 1 and float(regions.region_count.sum()) > 0  # the loop's prior samples were scored
+    assert float(regions.probabilities().sum()) == pytest.approx(1.0, abs=1e-5)
+    # make one region far harder than the rest: hard draws come from it at its probability, prior draws do not care
+    regions.region_error.fill_(0.1)
+    regions.region_error[0] = 1.0
+    p0 = float(regions.probabilities()[0])
+    hard = pipeline.draw(2000, hard=True, noise=torch.Generator().manual_seed(0))
+    prior = pipeline.draw(2000, hard=False, noise=torch.Generator().manual_seed(0))
+    in0 = lambda s: float((regions.region_of[s.prior_index] == 0).float().mean())  # noqa: E731
+    share0 = float((regions.region_of == 0).float().mean())
+    assert in0(hard) == pytest.approx(p0, abs=0.04) and p0 > 0.5
+    assert in0(prior) == pytest.approx(share0, abs=0.04)
+    # the hard draw starts from the frame it names (the generator only adds a bounded residual)
+    assert torch.allclose(hard.body_pose, pipeline.prior_body_pose[hard.prior_index], atol=pipeline.config.sampler.max_residual * 1.8)

@@ -140,6 +140,49 @@ def test_browser_draws_selects_and_exports_without_a_viewer(pipeline, tmp_path):
     browser.export_root = None
 
 
+def test_initial_camera_frames_the_whole_body_as_the_capture_cameras_do(pipeline):
+    """The viewer opens where the capture's first training camera stands, looking at the middle of the body in
+    ``viewer_pose`` with world +y up and that camera's field of view: the whole body is in the picture and fills
+    it about as much as in the capture's images (viser's default camera, 0.5 m from the world origin at the feet,
+    showed the shoes)."""
+    from posegen_ns.geometry import look_at_extrinsics
+
+    browser = pipeline.hard_samples
+    model, capture = pipeline.model, pipeline.datamanager.train_capture
+    saved = model.viewer_pose
+    model.viewer_pose = (capture.body_pose[0].float(), capture.global_orient[0].float(), capture.transl[0].float())
+    try:
+        cam = browser.initial_camera()
+    finally:
+        model.viewer_pose = saved
+    c = cam["camera"]
+    R0, t0 = capture.R[c].double(), capture.t[c].double()
+    np.testing.assert_allclose(cam["position"], (-R0.T @ t0).numpy(), atol=1e-9)
+    assert cam["up"] @ np.array([0.0, 1.0, 0.0]) > 0.9  # world +y is up on screen
+    H, W = capture.height, capture.width
+    assert cam["fov"] == pytest.approx(2 * np.arctan(H / (2 * float(capture.K[c, 1, 1]))))
+    # the body as that view shows it: every vertex inside the image, the body spanning most of its height
+    body = model.body
+    out = body(capture.body_pose[:1].float(), capture.global_orient[:1].float(), capture.betas[None].float(), capture.transl[:1].float())
+    verts = out.vertices[0].double()
+    R, t = look_at_extrinsics(torch.from_numpy(cam["position"])[None], torch.from_numpy(cam["look_at"])[None],
+                              torch.from_numpy(cam["up"])[None])
+    cam_pts = verts @ R[0].T + t[0]
+    f = H / (2 * np.tan(cam["fov"] / 2))
+    u = f * cam_pts[:, 0] / cam_pts[:, 2] + W / 2
+    v = f * cam_pts[:, 1] / cam_pts[:, 2] + H / 2
+    assert (cam_pts[:, 2] > 0).all() and (u >= 0).all() and (u < W).all() and (v >= 0).all() and (v < H).all()
+    assert float(v.max() - v.min()) > 0.4 * H  # framed, not a distant speck
+    # the orbit centre is the middle of the body, not the feet
+    y = verts[:, 1]
+    assert abs(cam["look_at"][1] - float(y.min() + y.max()) / 2) < 0.1 * float(y.max() - y.min())
+    # and the view is the capture camera's own: the capture's joints land where its labels put them
+    uv_capture = (capture.K[c].double() @ (out.joints[0].double() @ R0.T + t0).T).T
+    cam_joints = out.joints[0].double() @ R[0].T + t[0]
+    np.testing.assert_allclose((f * cam_joints[:, 1] / cam_joints[:, 2] + H / 2).numpy(),
+                               (uv_capture[:, 1] / uv_capture[:, 2]).numpy(), atol=0.05 * H)
+
+
 def wait_until(condition, timeout: float = 60.0) -> None:
     end = time.time() + timeout
     while not condition():
@@ -224,6 +267,15 @@ def test_viewer_panel_over_websocket(pipeline, tmp_path):
             client.send(type="ViewerCameraMessage", wxyz=[1.0, 0.0, 0.0, 0.0], position=[0.0, 0.0, -30.0], fov=0.8,
                         aspect=1.0, look_at=[0.0, 0.0, 0.0], up_direction=[0.0, -1.0, 0.0])
             client.wait_for(lambda m: m.get("label") == "Status")
+            # the browser opens framing the body (the capture's first training camera), not at viser's default camera
+            start = browser.initial_camera()
+            S = VISER_NERFSTUDIO_SCALE_RATIO
+            for kind, key, value in (("SetCameraPositionMessage", "position", start["position"] * S),
+                                     ("SetCameraLookAtMessage", "look_at", start["look_at"] * S),
+                                     ("SetCameraUpDirectionMessage", "position", start["up"])):
+                client.wait_for(lambda m, kind=kind, key=key, value=value: m["type"] == kind
+                                and np.allclose(m[key], value, atol=1e-4))
+            client.wait_for(lambda m: m["type"] == "SetCameraFovMessage" and abs(m["fov"] - start["fov"]) < 1e-6)
             folder = client.wait_for(lambda m: m["type"] == "GuiAddFolderMessage" and m["label"] == "hard_samples")[0]
             ids = {}
             for label in ("Sample kind", "Batch size", "Draw batch", "Previous sample", "Sample", "Next sample",
@@ -272,9 +324,9 @@ def test_viewer_panel_over_websocket(pipeline, tmp_path):
 
             click("View from sample camera")
             cam = browser.sample_camera(1)
-            moved = client.wait_for(lambda m: m["type"] == "SetCameraPositionMessage")[-1]
-            np.testing.assert_allclose(moved["position"], cam["position"] * VISER_NERFSTUDIO_SCALE_RATIO, atol=1e-5)
-            assert client.wait_for(lambda m: m["type"] == "SetCameraFovMessage")[-1]["fov"] == pytest.approx(float(cam["fov"]))
+            client.wait_for(lambda m: m["type"] == "SetCameraPositionMessage"  # after the initial camera's
+                            and np.allclose(m["position"], cam["position"] * VISER_NERFSTUDIO_SCALE_RATIO, atol=1e-5))
+            client.wait_for(lambda m: m["type"] == "SetCameraFovMessage" and m["fov"] == pytest.approx(float(cam["fov"])))
 
             click("Export batch")
             client.wait_for(lambda m: updated("Status")(m) and m["updates"]["value"].startswith("exported"), timeout=120)

@@ -45,7 +45,6 @@ start builds anny's cache, about 65 s and 800 MB under ``$ANNY_CACHE_DIR`` (defa
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -55,6 +54,7 @@ import roma
 import torch
 from scipy.optimize import nnls
 
+from posegen_ns.atomic_io import check_npz, read_cache
 from posegen_ns.body.joint_sets import H36M_JOINT_NAMES, SMPL_JOINT_NAMES, SMPL_PARENTS
 from posegen_ns.body.smpl_files import cache_dir, write_smpl_npz
 
@@ -551,14 +551,14 @@ def open_body_path() -> Path:
 
     Built from anny on the first call (offline; about 10 s, plus anny's own first start), then
     cached as ``cache_dir()/open_body_v2.npz``; concurrent first calls each write a private file and
-    rename it into place, so readers never see a partial file.
+    rename it into place (:mod:`posegen_ns.atomic_io`), so readers never see a partial file; a damaged file
+    is reported and rebuilt.
     """
     path = cache_dir() / OPEN_BODY_FILENAME
-    if not path.is_file():
+    if not read_cache(path, check_npz, "open body"):  # missing or damaged: (re)built
         report: dict = {}
         data = build_open_body(report=report)
-        private = write_smpl_npz(data, path.with_name(f"{path.stem}.{os.getpid()}.npz"))
-        os.replace(private, path)
+        write_smpl_npz(data, path)  # atomic (posegen_ns.atomic_io)
         logger.info(
             "built the open body %s in %.1f s (anny start %.1f s)", path, report["convert_s"], report["anny_load_s"]
         )

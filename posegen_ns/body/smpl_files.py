@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from posegen_ns.atomic_io import check_npz, read_cache, save_npz
 from posegen_ns.errors import PoseGenInputError
 
 SMPL_DOWNLOAD_HINT = (
@@ -152,13 +153,8 @@ def validate_smpl_dict(data: dict[str, Any], source: Path | str) -> dict[str, np
 
 
 def write_smpl_npz(data: dict[str, np.ndarray], path: Path) -> Path:
-    """Write an SMPL-layout dictionary to ``path`` atomically (compressed; a per-process temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, **data)
-    os.replace(tmp, path)
-    return path
+    """Write an SMPL-layout dictionary to ``path`` atomically (compressed; :func:`posegen_ns.atomic_io.save_npz`)."""
+    return save_npz(path, data, compressed=True)
 
 
 def to_smpl_npz(path: Path | str) -> Path:
@@ -185,7 +181,7 @@ def to_smpl_npz(path: Path | str) -> Path:
         raise PoseGenInputError(f"SMPL model file {path}: expected a .pkl or .npz file. {SMPL_DOWNLOAD_HINT}")
     digest = hashlib.sha1(path.read_bytes()).hexdigest()[:16]
     out = cache_dir() / "smpl" / f"{path.stem}-{digest}.npz"
-    if out.is_file():
+    if read_cache(out, check_npz, "converted SMPL model"):  # a damaged conversion is redone
         return out
     data = validate_smpl_dict(read_smpl_pickle(path), path)
     return write_smpl_npz(data, out)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from posegen_ns.body.joint_sets import H36M_JOINT_NAMES, SMPL_JOINT_NAMES, SMPL_PARENTS
+from posegen_ns.atomic_io import check_npz, read_cache
 from posegen_ns.body.smpl_files import cache_dir, write_smpl_npz
 
 # Rest T-pose joints in metres; y-up, the body faces +z, its left side is +x (SMPL convention).
@@ -123,6 +124,6 @@ def build_tiny_body() -> dict[str, np.ndarray]:
 def tiny_body_path() -> Path:
     """Path of the cached tiny body ``.npz`` (written on first call)."""
     path = cache_dir() / "tiny_body_v2.npz"
-    if not path.is_file():
+    if not read_cache(path, check_npz, "tiny body"):  # missing or damaged: (re)built
         write_smpl_npz(build_tiny_body(), path)
     return path

@@ -77,6 +77,17 @@ class MetricAccumulator:
             for k, v in arrays.items():
                 group.setdefault(k, []).append(v[sel])
 
+    def extend(self, other: "MetricAccumulator") -> "MetricAccumulator":
+        """Append ``other``'s images after this one's, group by group (returns self): accumulating parts in order
+        (e.g. one per motion, from several workers) gives the same summaries as one accumulator over all of them."""
+        for kind, groups in other.groups.items():
+            store = self.groups.setdefault(kind, {})
+            for name, metrics in groups.items():
+                group = store.setdefault(name, {})
+                for k, parts in metrics.items():
+                    group.setdefault(k, []).extend(parts)
+        return self
+
     def summary(self, kind: str) -> dict[str, dict[str, float]]:
         """``{group: summarize(...)}`` for one kind, in insertion order."""
         return {

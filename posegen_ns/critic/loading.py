@@ -14,6 +14,9 @@ critic here, with the same defaults:
   with ``checkpoint`` and the data files that are set (HybrIK without ``body`` uses its checkpoint's SMPL).
 
 The critic's body is "the run's body" unless ``body`` names another: ``'open'``, ``'tiny'`` or an SMPL file.
+
+Every critic loaded here is probed once (:func:`probe_critic`): NaN weights or a non-finite prediction on a blank
+image are refused at load, naming the checkpoint, instead of surfacing as NaN poses after a long run.
 """
 
 from __future__ import annotations
@@ -68,6 +71,32 @@ class CriticConfig:
     (default: what the checkpoint records, 'resnet50' for SPIN's official file)."""
 
 
+def check_critic_files(cfg: CriticConfig, prefix: str = "--pipeline.critic.") -> None:
+    """Cheap checks of ``cfg`` before a run starts (nothing is loaded): a known critic name, and every file it
+    names (``checkpoint``, ``body`` when it is a path, ``j_regressor_h36m``, ``smpl_mean_params``,
+    ``h36m_mean_beta``, ``python``) exists and is a file. ``prefix`` is the flags' prefix in messages.
+
+    Raises:
+        PoseGenInputError: the first problem, naming the flag, the path and the fix.
+    """
+    from adapters.registry import available_critics
+
+    names = ["default", *available_critics()]
+    if cfg.name not in names:
+        raise PoseGenInputError(f"{prefix}name {cfg.name!r} is not a known critic; use one of {', '.join(names)}.")
+    body = cfg.body if cfg.body not in (None, "open", "tiny") else None
+    for flag, value in (("checkpoint", cfg.checkpoint), ("body", body), ("j-regressor-h36m", cfg.j_regressor_h36m),
+                        ("smpl-mean-params", cfg.smpl_mean_params), ("h36m-mean-beta", cfg.h36m_mean_beta),
+                        ("python", cfg.python)):
+        if value is None or str(value) == "default":
+            continue
+        path = Path(value).expanduser()
+        if path.is_dir():
+            raise PoseGenInputError(f"{prefix}{flag} {path} is a folder, not a file; pass the file itself.")
+        if not path.is_file():
+            raise PoseGenInputError(f"{prefix}{flag} {path} does not exist; pass an existing file (or leave the option out).")
+
+
 def _checkpoint_records_body(checkpoint: Path | str | None) -> bool:
     """Whether an hmr/spin ``checkpoint`` says which body it predicts for (files of ``ns-posegen-pretrain-critic``)."""
     if checkpoint is None or str(checkpoint) == "default":
@@ -98,8 +127,10 @@ def load_configured_critic(cfg: CriticConfig, body_source: Any) -> Any:
         checkpoint = cfg.checkpoint or default_critic_checkpoint(
             body=body, steps=cfg.pretrain_steps, input_size=input_size, backbone=backbone, source=cfg.source
         )
-        return load_critic("hmr", checkpoint=checkpoint, smpl_model_path=body, backbone=backbone, input_size=input_size,
-                           j_regressor_h36m=cfg.j_regressor_h36m)
+        critic = load_critic("hmr", checkpoint=checkpoint, smpl_model_path=body, backbone=backbone, input_size=input_size,
+                             j_regressor_h36m=cfg.j_regressor_h36m)
+        probe_critic(critic, "default", checkpoint, cached=cfg.checkpoint is None)
+        return critic
     options = {
         "smpl_model_path": cfg.body, "j_regressor_h36m": cfg.j_regressor_h36m, "smpl_mean_params": cfg.smpl_mean_params,
         "h36m_mean_beta": cfg.h36m_mean_beta, "python": cfg.python,
@@ -110,7 +141,61 @@ def load_configured_critic(cfg: CriticConfig, body_source: Any) -> Any:
             options["smpl_model_path"] = body_source  # HMR needs a body; HybrIK falls back to its checkpoint's SMPL
     elif cfg.name.startswith("hybrik"):
         options.update(input_size=cfg.input_size)
-    return load_critic(cfg.name, checkpoint=cfg.checkpoint, **{k: v for k, v in options.items() if v is not None})
+    critic = load_critic(cfg.name, checkpoint=cfg.checkpoint, **{k: v for k, v in options.items() if v is not None})
+    probe_critic(critic, cfg.name, cfg.checkpoint)
+    return critic
+
+
+def probe_critic(critic: Any, name: str, checkpoint: Path | str | None, cached: bool = False) -> None:
+    """Check a freshly loaded critic once, so that a broken one is blamed at load and not after a long run:
+    every floating-point weight and buffer is finite, and a differentiable critic predicts finite joints for a
+    blank (mid-grey) image of its input size (``critic.input_size``) with a box over the whole image. Black-box
+    critics (``differentiable = False``, which may answer NaN for "no person") and critics without parameters
+    (nothing to diverge; e.g. test doubles) get the weight check only.
+
+    Args:
+        critic: the loaded critic (on any device; its train/eval modes are restored).
+        name: the critic's name, for the message.
+        checkpoint: the file its weights came from (``None``: random weights), named in the message.
+        cached: ``checkpoint`` is the project's cached default critic (the fix is then to delete it).
+
+    Raises:
+        PoseGenInputError: NaN or inf weights, or a non-finite prediction, naming ``checkpoint``.
+    """
+    import torch
+
+    source = f"checkpoint {checkpoint}" if checkpoint is not None else "random weights"
+    fix = (f"delete {checkpoint} so that it is pre-trained again" if cached else
+           "pass another --checkpoint (download it again if it was damaged)" if checkpoint is not None else
+           "pass a checkpoint")
+    tensors = [*critic.named_parameters(), *critic.named_buffers()]
+    bad = [k for k, v in tensors if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise PoseGenInputError(
+            f"critic '{name}' ({source}) has NaN or inf weights in {len(bad)} tensors ({', '.join(bad[:4])}"
+            f"{', ...' if len(bad) > 4 else ''}): the file is damaged or its training diverged; {fix}."
+        )
+    if not getattr(critic, "differentiable", True) or not any(True for _ in critic.parameters()):
+        return  # black boxes may answer NaN ("no person"); critics without weights have none to break
+    size = int(getattr(critic, "input_size", 224))
+    device = next((v.device for _, v in tensors), torch.device("cpu"))
+    modes = {m: m.training for m in critic.modules()}
+    critic.eval()
+    try:
+        with torch.no_grad():
+            pred = critic(torch.full((1, 3, size, size), 0.5, device=device),
+                          torch.tensor([[0.0, 0.0, float(size), float(size)]], device=device))
+        finite = bool(torch.isfinite(pred).all())
+    except PoseGenInputError:  # the critic's own check of its raw outputs (posegen_ns.labels.check_critic_values)
+        finite = False
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    if not finite:
+        raise PoseGenInputError(
+            f"critic '{name}' ({source}) predicts NaN or inf joints for a blank {size} x {size} image although its "
+            f"weights are finite: the critic is broken (diverged weights or a mismatched input size); {fix}."
+        )
 
 
 def critic_config_from_flags(

@@ -38,8 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from posegen_ns.atomic_io import fsync_dir, save_npz, write_json
 from posegen_ns.data.capture_data import SPLITS, Capture, check_finite_rows, read_image, write_png
-from posegen_ns.errors import PoseGenInputError
+from posegen_ns.errors import PoseGenInputError, require_folder
 
 CAPTURE_VERSION = 1
 _BODY_PARAM_KEYS = ("global_orient", "body_pose", "transl")
@@ -108,11 +109,12 @@ def write_capture(capture: Capture, output_dir: Path | str, overwrite: bool = Fa
         with ThreadPoolExecutor(_IO_THREADS) as pool:
             for _ in pool.map(lambda job: write_png(*job), jobs):
                 pass
-        np.savez(
+        save_npz(
             tmp / "body_params.npz",
-            **{k: getattr(capture, k).detach().cpu().numpy().astype(np.float32) for k in (*_BODY_PARAM_KEYS, "betas")},
+            {k: getattr(capture, k).detach().cpu().numpy().astype(np.float32) for k in (*_BODY_PARAM_KEYS, "betas")},
         )
-        (tmp / "capture.json").write_text(json.dumps(capture_json(capture), indent=1))
+        write_json(tmp / "capture.json", capture_json(capture))
+        fsync_dir(tmp)
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(out, old)
@@ -120,6 +122,7 @@ def write_capture(capture: Capture, output_dir: Path | str, overwrite: bool = Fa
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -142,9 +145,7 @@ def read_capture(capture_dir: Path | str, body: Any = None, **zju_options: Any) 
         PoseGenInputError: a missing file, a missing or inconsistent field (the message names the file,
             the field, the numbers involved and the fix).
     """
-    root = Path(capture_dir).expanduser()
-    if not root.is_dir():
-        raise PoseGenInputError(f"Capture folder {root} does not exist; pass a folder with capture.json (or ZJU-MoCap's annots.npy).")
+    root = require_folder(capture_dir, "Capture folder", "pass a folder with capture.json (or ZJU-MoCap's annots.npy)")
     if (root / "annots.npy").is_file() and not (root / "capture.json").is_file():
         from posegen_ns.data.zju import read_zju
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from posegen_ns.atomic_io import write_bytes
 from posegen_ns.errors import PoseGenInputError
 
 SPLITS = ("train", "heldout")
@@ -189,15 +190,19 @@ def check_cameras(K: Tensor, R: Tensor, t: Tensor, names: Sequence[str], source:
 # ---- image I/O ------------------------------------------------------------------------------------
 
 def write_png(path: Path, array: np.ndarray) -> None:
-    """Write an ``(H, W, 3)`` RGB or ``(H, W)`` uint8 image as PNG (fast compression, zlib level 1).
+    """Write an ``(H, W, 3)`` RGB or ``(H, W)`` uint8 image as PNG (fast compression, zlib level 1), atomically
+    (encoded in memory, then :func:`posegen_ns.atomic_io.write_bytes`): the project's one PNG writer.
 
     Raises:
-        OSError: the file could not be written.
+        OSError: the file could not be written (its ``errno`` says why: ``ENOSPC``, ``EROFS``, ...).
+        ValueError: the array cannot be encoded as PNG.
     """
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), array, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-        raise OSError(f"could not write {path}")
+    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError(f"could not encode {path} as PNG (array {array.shape} {array.dtype})")
+    write_bytes(path, buf.tobytes())
 
 
 def read_image(path: Path, grayscale: bool = False) -> np.ndarray:

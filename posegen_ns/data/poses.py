@@ -9,7 +9,6 @@ the clip file's hash is stored inside and checked) and later runs load it instan
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from posegen_ns.errors import PoseGenInputError
+from posegen_ns.atomic_io import read_cache, save_npz
+from posegen_ns.errors import PoseGenInputError, require_folder
 
 _CACHE_VERSION = 2
 MOTION_SUFFIXES = (".bvh", ".npz")
@@ -84,9 +84,7 @@ def motion_files(directory: Path | str) -> list[Path]:
     Raises:
         PoseGenInputError: the folder is missing or holds no motion files.
     """
-    directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise PoseGenInputError(f"Mocap folder {directory} does not exist; pass a folder of .bvh (or AMASS .npz) files.")
+    directory = require_folder(directory, "Mocap folder", "pass a folder of .bvh (or AMASS .npz) files")
     files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in MOTION_SUFFIXES and p.is_file())
     if not files:
         raise PoseGenInputError(f"Mocap folder {directory} holds no .bvh or .npz files.")
@@ -128,9 +126,7 @@ def load_pose_bank(body_source: Any, clips: Sequence[Path | str] | None = None, 
             if body is None:
                 body = _as_body(body_source)
             arrays = _fit_clip(path, body, stride)
-            tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, clip_hash=np.array(clip_hash), version=np.array(_CACHE_VERSION), **arrays)
-            os.replace(tmp, cache)
+            save_npz(cache, {"clip_hash": np.array(clip_hash), "version": np.array(_CACHE_VERSION), **arrays})
         parts.append(arrays | {"name": str(arrays["name"]), "category": _category(path, clip_category)})
     return PoseBank(
         global_orient=torch.from_numpy(np.concatenate([p["global_orient"] for p in parts]).astype(np.float32)),
@@ -169,15 +165,16 @@ def _as_body(body_source: Any):
 
 
 def _read_cache(path: Path, clip_hash: str) -> dict[str, np.ndarray] | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
+    """The cached fit of a clip, or None: no file, a stale one (another clip file or cache version, refitted
+    silently) or a damaged one (refitted, with a message naming it: :func:`posegen_ns.atomic_io.read_cache`)."""
+
+    def read(p: Path) -> dict[str, np.ndarray] | None:
+        with np.load(p, allow_pickle=False) as npz:
             if str(npz["clip_hash"]) != clip_hash or int(npz["version"]) != _CACHE_VERSION:
                 return None
             return {k: npz[k] for k in ("name", "global_orient", "body_pose", "transl", "frame_ids")}
-    except Exception:  # noqa: BLE001 - a damaged cache entry is refitted
-        return None
+
+    return read_cache(path, read, "mocap fit")
 
 
 def _fit_clip(path: Path, body: Any, stride: int) -> dict[str, np.ndarray]:

@@ -21,7 +21,6 @@ larger image, so ``K`` differs per image and is returned). Renders use the captu
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from posegen_ns.atomic_io import read_cache, save_npz
 from posegen_ns.data.appearance import make_body_appearance
 from posegen_ns.data.default_capture import is_walking_clip
 from posegen_ns.data.poses import PoseBank, body_id, load_pose_bank
@@ -128,6 +128,16 @@ def source_cache_path(body, image_size: int, split: str, num_images: int, seed: 
     return _cache_root() / f"{body_id(body)}-{split}-s{image_size}-n{num_images}-seed{seed}-v{_CACHE_VERSION}.npz"
 
 
+def _read_source_cache(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a source-render cache file; raises if it is unreadable or lacks a batch key."""
+    with np.load(path) as npz:
+        data = {k: npz[k] for k in npz.files}
+    missing = [k for k in _BATCH_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"keys {missing} missing")
+    return data
+
+
 def make_source_sampler(
     body: Any, image_size: int, split: str, num_images: int = 2000, seed: int = 0, kind: str = "narrow"
 ) -> SampleBatch:
@@ -165,21 +175,12 @@ def make_source_sampler(
     if not isinstance(body, BodyModel):
         body = load_body_model(body)
     path = source_cache_path(body, image_size, split, num_images, seed, kind)
-    data = None
-    if path.is_file():
-        try:
-            with np.load(path) as npz:
-                data = {k: npz[k] for k in npz.files}
-        except Exception:  # noqa: BLE001 - a damaged cache is re-rendered
-            data = None
+    data = read_cache(path, _read_source_cache, f"'{split}' {kind} source renders")  # a damaged file is re-rendered
     if data is None:
         print(f"posegen-ns: rendering {num_images} '{split}' {kind} source images at {image_size}px (cached in {path.parent})")
         render = render_h36m_set if kind == "h36m" else render_source_set
         data = render(body, image_size, split, num_images, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
-        np.savez_compressed(tmp, **data)
-        os.replace(tmp, path)
+        save_npz(path, data, compressed=True)
     tensors = {k: torch.from_numpy(data[k]) for k in _BATCH_KEYS}
     n = tensors["images"].shape[0]
 

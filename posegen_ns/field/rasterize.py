@@ -23,6 +23,7 @@ Letters: C cameras, N Gaussians, H x W pixels.
 from __future__ import annotations
 
 import math
+import os
 from typing import Literal
 
 import roma
@@ -74,7 +75,9 @@ def rasterize_gaussians(
         width, height: image size W, H in pixels.
         background: ``(3,)`` colour behind the Gaussians (default black).
         backend: ``"torch"``, ``"gsplat"`` or ``"auto"`` (gsplat when the tensors are on CUDA and
-            gsplat imports, else torch).
+            gsplat's kernels import or build, else torch; :func:`auto_backend`). On CUDA, ``"auto"``
+            falls back to torch with one printed line saying why when gsplat cannot be imported or
+            built, or when its first call fails.
         near: Gaussians whose mean has camera z <= near are dropped, metres.
 
     Returns:
@@ -102,10 +105,21 @@ def rasterize_gaussians(
         )
     if background is None:
         background = torch.zeros(3, dtype=means.dtype, device=means.device)
-    if backend == "auto":
-        backend = "gsplat" if means.is_cuda and _gsplat_available() else "torch"
+    auto = backend == "auto"
+    if auto:
+        backend = auto_backend(means.device)
     if backend == "gsplat":
-        return _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, background, near)
+        if not auto or _GSPLAT["ran"]:
+            return _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, background, near)
+        try:  # the first call under "auto": a kernel that was built but cannot run falls back to torch
+            out = _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, background, near)
+        except torch.cuda.OutOfMemoryError:
+            raise  # not a broken gsplat (and the torch backend needs more memory)
+        except Exception as exc:  # noqa: BLE001 - reported in one line, then the torch backend renders
+            _disable_gsplat(f"its first call failed ({_one_line(exc)})")
+        else:
+            _GSPLAT["ran"] = True
+            return out
     per_cam = [_per_camera(x, C, nd) for x, nd in ((means, 2), (quats, 2), (scales, 2), (opacities, 1), (colors, 2))]
     return _rasterize_torch(*per_cam, viewmats, Ks, width, height, background, near)
 
@@ -146,12 +160,74 @@ def _per_camera(x: Tensor, C: int, shared_dims: int) -> Tensor:
     return x if x.dim() == shared_dims + 1 else x.unsqueeze(0).expand(C, *x.shape)
 
 
-def _gsplat_available() -> bool:
-    try:
-        import gsplat  # noqa: F401
-    except Exception:  # ImportError, or a broken CUDA extension
-        return False
-    return True
+_GSPLAT: dict = {"ok": None, "reason": "", "ran": False, "told": False}
+"""What ``"auto"`` knows of gsplat in this process: ``ok`` (None until checked), why not, whether a call
+ran, and whether the fallback line was printed."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def gsplat_status() -> tuple[bool, str]:
+    """Whether gsplat's CUDA kernels can be used in this process, and if not why (checked once).
+
+    gsplat 1.4 from PyPI compiles its kernels on first use (``gsplat.cuda._backend``: nvcc and ninja
+    through torch's cpp_extension, minutes, cached in ``$TORCH_EXTENSIONS_DIR``); this import triggers
+    that build. Without nvcc it leaves ``_C = None``; a failed build raises.
+
+    ``POSEGEN_GSPLAT=0`` in the environment turns gsplat off without trying it (e.g. where its build is known to
+    fail or would take too long).
+
+    Returns:
+        ``(usable, reason)``; ``reason`` is ``""`` when usable.
+    """
+    if _GSPLAT["ok"] is None and os.environ.get("POSEGEN_GSPLAT", "").strip() == "0":
+        _GSPLAT["ok"], _GSPLAT["reason"] = False, "POSEGEN_GSPLAT=0 turns it off"
+    if _GSPLAT["ok"] is None:
+        try:
+            import gsplat  # noqa: F401
+            from gsplat.cuda._backend import _C
+        except Exception as exc:  # noqa: BLE001 - ImportError, a failed JIT build, an ABI mismatch
+            _GSPLAT["ok"], _GSPLAT["reason"] = False, f"gsplat cannot be imported or built ({_one_line(exc)})"
+        else:
+            ok = _C is not None
+            _GSPLAT["ok"] = ok
+            _GSPLAT["reason"] = "" if ok else "gsplat's CUDA kernels are not built and nvcc is not on PATH to build them"
+    return bool(_GSPLAT["ok"]), str(_GSPLAT["reason"])
+
+
+def _disable_gsplat(reason: str) -> None:
+    _GSPLAT["ok"], _GSPLAT["reason"] = False, reason
+    _tell_fallback()
+
+
+def _tell_fallback() -> None:
+    """Print, once per process, the one line saying why ``"auto"`` renders with torch on CUDA."""
+    if _GSPLAT["told"]:
+        return
+    _GSPLAT["told"] = True
+    from nerfstudio.utils.rich_utils import CONSOLE
+
+    CONSOLE.print(
+        f"posegen-ns: rasteriser 'auto' uses the torch backend on CUDA because {_GSPLAT['reason']}; "
+        "for gsplat install gsplat==1.4.0 with nvcc and ninja on PATH (or pass --pipeline.model.rasterizer torch).",
+        soft_wrap=True, markup=False, highlight=False,
+    )
+
+
+def auto_backend(device: torch.device | str) -> Literal["torch", "gsplat"]:
+    """The backend ``"auto"`` picks for tensors on ``device``: ``"gsplat"`` on CUDA when
+    :func:`gsplat_status` says its kernels are usable, else ``"torch"``. On CUDA without gsplat it
+    prints one line saying why (once per process)."""
+    if torch.device(device).type != "cuda":
+        return "torch"
+    ok, _ = gsplat_status()
+    if not ok:
+        _tell_fallback()
+        return "torch"
+    return "gsplat"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from posegen_ns.atomic_io import read_cache, save_npz
 from posegen_ns.body.model import BodyModel
-from posegen_ns.errors import PoseGenInputError
+from posegen_ns.errors import PoseGenInputError, require_folder
 from posegen_ns.mocap.amass import read_amass_npz, write_amass_npz
 from posegen_ns.mocap.bvh import BVHClip, forward_kinematics, frame0_looks_like_tpose, frame_indices, read_bvh
 from posegen_ns.mocap.fit import FitConfig, FitResult, JointsOnlyBody, fit_joints
@@ -185,18 +186,20 @@ def _fit_cache_path(path: Path, body: BodyModel, stride: int, max_frames: int | 
 def _load_bvh_motion(path: Path, body: BodyModel, stride: int, max_frames: int | None, cfg: FitConfig,
                      cache: bool, spread: bool = False) -> Motion:
     cache_path = _fit_cache_path(path, body, stride, max_frames, cfg, spread) if cache else None
-    if cache_path is not None and cache_path.is_file():
-        try:
-            with np.load(cache_path, allow_pickle=False) as d:
-                meta = {k[5:]: d[k].tolist() for k in d.files if k.startswith("meta_")}
-                t = lambda k: torch.as_tensor(d[k])  # noqa: E731
-                return Motion(
-                    name=path.stem, global_orient=t("global_orient"), body_pose=t("body_pose"), transl=t("transl"),
-                    betas=t("betas") if "betas" in d.files else None, fps=float(d["fps"]), source=path,
-                    fit_error_mm=t("fit_error_mm"), meta=meta,
-                )
-        except (OSError, KeyError, ValueError):
-            logger.warning("ignoring unreadable mocap fit cache %s", cache_path)
+
+    def read(p: Path) -> Motion:
+        with np.load(p, allow_pickle=False) as d:
+            meta = {k[5:]: d[k].tolist() for k in d.files if k.startswith("meta_")}
+            t = lambda k: torch.as_tensor(d[k])  # noqa: E731
+            return Motion(
+                name=path.stem, global_orient=t("global_orient"), body_pose=t("body_pose"), transl=t("transl"),
+                betas=t("betas") if "betas" in d.files else None, fps=float(d["fps"]), source=path,
+                fit_error_mm=t("fit_error_mm"), meta=meta,
+            )
+
+    cached = read_cache(cache_path, read, "mocap fit", say=logger.warning) if cache_path is not None else None
+    if cached is not None:  # a damaged file is refitted (read_cache names it)
+        return cached
     clip = read_bvh(path)  # all frames (cheap); frames are selected below
     skip = 1 if _tpose_frame0(clip) else 0
     keep = frame_indices(clip.motion.shape[0], skip, stride, max_frames, spread)
@@ -228,9 +231,7 @@ def _load_bvh_motion(path: Path, body: BodyModel, stride: int, max_frames: int |
                 **({"betas": motion.betas.numpy()} if motion.betas is not None else {}),
                 **{f"meta_{k}": np.asarray(v) for k, v in meta.items()},
             }
-            tmp = cache_path.with_suffix(".tmp.npz")
-            np.savez(tmp, **arrays)
-            tmp.replace(cache_path)
+            save_npz(cache_path, arrays)
         except OSError as exc:
             logger.warning("could not write mocap fit cache %s: %s", cache_path, exc)
     return motion
@@ -297,9 +298,7 @@ def load_motion_dir(
     Raises:
         PoseGenInputError: the folder is missing or holds no motion file, or any file fails to load.
     """
-    directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise PoseGenInputError(f"motion folder {directory} does not exist.")
+    directory = require_folder(directory, "motion folder", "pass a folder of .bvh (or AMASS .npz) files")
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() in (".bvh", ".npz") and p.is_file())
     if not files:
         raise PoseGenInputError(f"motion folder {directory} holds no .bvh or .npz files.")

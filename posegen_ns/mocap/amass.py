@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from posegen_ns.atomic_io import save_npz
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.geometry import axis_angle_to_matrix, matrix_to_axis_angle
 from posegen_ns.mocap.bvh import frame_indices
@@ -175,8 +176,7 @@ def write_amass_npz(
     go, tr = rotate_root(global_orient, transl, Z_UP_TO_Y_UP.T, pelvis)
     poses = torch.cat([go, body_pose.reshape(-1, 69)], 1)
     b = betas if betas is not None else torch.zeros(body.num_betas)
-    np.savez(
-        path, poses=poses.detach().cpu().numpy(), trans=tr.detach().cpu().numpy(),
+    return save_npz(path, dict(
+        poses=poses.detach().cpu().numpy(), trans=tr.detach().cpu().numpy(),
         betas=b.detach().cpu().numpy(), mocap_framerate=np.float64(fps), gender=np.str_("neutral"),
-    )
-    return path
+    ))

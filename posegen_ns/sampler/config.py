@@ -47,6 +47,14 @@ class SamplerConfig:
     """Floor on the spread (radians) of the azimuth's wrapped normal (full-circle azimuth range)."""
     max_azimuth_std: float = 2.0
     """Cap on the spread (radians) of the azimuth's wrapped normal."""
+    num_regions: int = 16
+    """Regions the pose prior is cut into (:class:`~posegen_ns.sampler.regions.PoseRegions`, k-means on body pose and
+    up axis); hard draws pick a region by the critic's running error there (harder regions more often), then a frame
+    of it. 0 or 1: every hard draw starts from a uniformly drawn prior frame."""
+    region_temperature: float = 0.5
+    """Sharpness of the region choice: weight ``(region error / mean error)^(1 / temperature)``."""
+    region_uniform_mix: float = 0.3
+    """Share of hard draws whose region is uniform (every region stays in play)."""
     reference_momentum: float = 0.9
     """Momentum of the running critic error on prior samples (the hardness reference)."""
     prior_stride: int = 4
@@ -59,10 +67,12 @@ class SamplerConfig:
     """Clips of the pose prior: motion files (.bvh / AMASS .npz) or names of shipped clips (default: every shipped clip)."""
     azimuth_range: tuple = (-math.pi, math.pi)
     """Camera azimuth range (radians) relative to the body's facing direction."""
-    elevation_range: tuple = (-0.25, 0.6)
-    """Camera elevation range (radians)."""
-    distance_range: tuple = (2.4, 3.6)
-    """Camera distance range (metres) from the pelvis."""
+    elevation_range: tuple = (-0.3, 0.85)
+    """Camera elevation range (radians): -17 to 49 degrees, from a low camera to one looking steeply down (MPI-INF-3DHP's
+    and surveillance views reach 45 degrees; the earlier (-0.25, 0.6) stopped at 34 and no sampler could reach them)."""
+    distance_range: tuple = (2.4, 4.4)
+    """Camera distance range (metres) from the pelvis (at 2.4 m the framing rule fills about 94 % of the image height;
+    farther cameras show a smaller person, as real datasets do)."""
     roll_range: tuple = (-0.3, 0.3)
     """Camera roll range (radians) about the optical axis."""
     focal_scale_range: tuple = (0.85, 1.15)

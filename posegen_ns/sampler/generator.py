@@ -45,8 +45,8 @@ class CameraRanges:
     Fields in :data:`CAMERA_PARAMS` order."""
 
     azimuth: tuple[float, float] = (-math.pi, math.pi)
-    elevation: tuple[float, float] = (-0.25, 0.6)
-    distance: tuple[float, float] = (2.4, 3.6)
+    elevation: tuple[float, float] = (-0.3, 0.85)
+    distance: tuple[float, float] = (2.4, 4.4)
     roll: tuple[float, float] = (-0.3, 0.3)
     focal_scale: tuple[float, float] = (0.85, 1.15)
 
@@ -96,6 +96,7 @@ class PoseCameraSample:
     camera: Tensor  # (B, 5) azimuth, elevation, distance, roll, focal_scale (see CameraRanges)
     residual: Tensor | None = None  # (B, 24, 3) rotation residual the generator applied (root first), radians
     noise: Tensor | None = None  # (B, noise_dim) the generator's noise input
+    prior_index: Tensor | None = None  # (B,) long: the prior frame each sample starts from (None: not from the prior)
 
     POSE_DIM = 72  # global_orient (3) + body_pose (69) in :meth:`flat`
 
@@ -179,6 +180,7 @@ class HardPoseGenerator(nn.Module):
         mu, spread = self.camera_head(h).chunk(2, dim=-1)
         sigma = self.min_camera_std + (self.max_camera_std - self.min_camera_std) * torch.sigmoid(spread)
         camera = lo + (hi - lo) * torch.sigmoid(self.max_camera_mean * torch.tanh(mu) + sigma * noise[:, :5])
+        camera = torch.minimum(torch.maximum(camera, lo), hi)  # float32 rounding at a saturated sigmoid
         if self.wrapped_azimuth:
             az_sigma = self.min_azimuth_std + (self.max_azimuth_std - self.min_azimuth_std) * torch.sigmoid(spread[:, :1])
             angle = mu[:, :1] + az_sigma * noise[:, :1]

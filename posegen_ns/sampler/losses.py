@@ -22,7 +22,8 @@ def bounded_hardness_loss(
 
     Args:
         error: ``(B,)`` critic error per generated sample (e.g. MPJPE in metres), differentiable.
-        reference_error: scalar error on prior samples (detached; e.g. a running mean).
+        reference_error: error on prior samples (detached; e.g. a running mean): a scalar, or ``(B,)`` one per
+            sample (e.g. the mean over the sample's region of the prior).
         target_ratio: wanted hardness ratio (> 1).
         width: tolerance in log-ratio units.
 
