@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -124,8 +125,12 @@ def ray_session(num_workers: Optional[int] = None, quiet: bool = False) -> Itera
     if not address:
         options.update(address="local", num_cpus=max(os.cpu_count() or 1, num_workers or 1),
                        object_store_memory=1 << 30)
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         ray.init(**options)
+        if on_sigterm is not None:  # ray.init makes SIGTERM a bare sys.exit; keep the command's own handling
+            signal.signal(signal.SIGTERM, on_sigterm)
     except ConnectionError as exc:
         raise PoseGenInputError(
             f"RAY_ADDRESS={address} names no reachable Ray cluster ({exc}); start one with `ray start --head` and "

@@ -28,8 +28,9 @@ densification window averages over the steps after it), the fine-tuning filter's
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
 import torch
 from nerfstudio.engine.trainer import Trainer
@@ -167,6 +168,19 @@ def set_rng_state(pipeline: Any, state: Dict[str, Any]) -> None:
 
 class PoseGenTrainer(Trainer):
     """See the module docstring."""
+
+    def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
+        """nerfstudio's setup (data, field, critic, optimizers, resume); a :class:`~posegen_ns.errors.PoseGenInputError`
+        found on the way (a malformed capture, a critic checkpoint that does not fit or fails its probe, a damaged
+        checkpoint) ends the program with one line (``ns-train: message``, exit status 1), and the run folder
+        nerfstudio made for it is removed when nothing but its ``config.yml`` is in it (a run that never started)."""
+        try:
+            super().setup(test_mode=test_mode)
+        except PoseGenInputError as exc:
+            run_dir = Path(self.base_dir)
+            if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"config.yml"}:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise SystemExit(f"ns-train: {exc}") from None
 
     def _load_checkpoint(self) -> None:
         """Load the checkpoint of ``--load-dir`` (the newest readable one, or ``--load-step``'s) or

@@ -132,7 +132,8 @@ python3 - "$OUT" <<'PY'
 import json, pathlib, re, subprocess, sys
 import xml.etree.ElementTree as ET
 out = pathlib.Path(sys.argv[1])
-summary = {"stages": {}}
+import os
+summary = {"stages": {}, "POSEGEN_GSPLAT": os.environ.get("POSEGEN_GSPLAT"), "deadline_seconds": int(os.environ.get("GPU_CHECK_SECONDS", 420))}
 for line in (out / ".stages.tsv").read_text().splitlines():
     name, rc, seconds, limit = line.split("\t")
     summary["stages"][name] = {"exit": rc, "seconds": float(seconds), "limit_seconds": float(limit),

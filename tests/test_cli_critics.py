@@ -77,3 +77,6 @@ def test_ns_train_names_a_renamed_checkpoint_key(capture, tmp_path):
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "decpose.weight" in out and str(checkpoint) in out
+    # found while the pipeline loads: one line, no traceback, and no run folder left for a run that never started
+    assert "Traceback" not in out and "ns-train: " in proc.stderr
+    assert not list((tmp_path / "outputs").rglob("config.yml"))
