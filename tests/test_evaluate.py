@@ -230,7 +230,7 @@ def test_load_config_renders_the_trained_field_and_uses_the_run_critic(body, pos
     cfg_file = tmp_path / "config.yml"
     cfg_file.write_text("fake")
     fake = types.ModuleType("nerfstudio.utils.eval_utils")  # stands in for nerfstudio's eval_setup (and its import time)
-    fake.eval_setup = lambda path, test_mode: (None, pipeline, None, None)
+    fake.eval_setup = lambda path, test_mode, update_config_callback=None: (None, pipeline, None, None)
     monkeypatch.setitem(sys.modules, fake.__name__, fake)
     _spy_batches(monkeypatch, oracle, [])
     result = ev.run(ev.EvalConfig(load_config=cfg_file, poses=poses_dir / f"{CLIPS[0]}.bvh", critic="run", stride=40,

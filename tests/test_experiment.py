@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,7 +74,8 @@ def test_load_config_reuses_a_trained_run(results, monkeypatch):
     assert len(configs) == 1
     loaded = {}
     original = exp.load_trained_pipeline
-    monkeypatch.setattr(exp, "load_trained_pipeline", lambda path: loaded.setdefault("pipeline", original(path)))
+    monkeypatch.setattr(exp, "load_trained_pipeline",
+                        lambda path, critic_checkpoint=None: loaded.setdefault("pipeline", original(path, critic_checkpoint)))
     cfg = ExperimentConfig(
         preset="tiny", output_dir=root / "reuse", load_config=configs[0], eval_poses=root / "eval_poses", device="cpu",
         gan_steps=1, sampler_batch=2, finetune_images=2, finetune_batch=2, finetune_epochs=1, eval_max_frames=1,
@@ -155,6 +157,10 @@ def test_bad_options_are_refused():
         ExperimentConfig(relearn_steps=0).sizes()
     with pytest.raises(PoseGenInputError, match="--repeats"):
         ExperimentConfig(repeats=0).sizes()
+    with pytest.raises(PoseGenInputError, match="--critic-checkpoint replaces a loaded run's critic: add --load-config"):
+        ExperimentConfig(critic_checkpoint=Path(__file__)).sizes()
+    with pytest.raises(PoseGenInputError, match="--critic-checkpoint .*missing.pt does not exist"):
+        ExperimentConfig(critic_checkpoint=Path("missing.pt"), load_config=Path(__file__)).sizes()
 
 
 def test_ours_in_rounds(results, monkeypatch):
@@ -167,8 +173,8 @@ def test_ours_in_rounds(results, monkeypatch):
     loaded = {}
     original = exp.load_trained_pipeline
 
-    def load(path):
-        p = original(path)
+    def load(path, critic_checkpoint=None):
+        p = original(path, critic_checkpoint)
         loaded["pipeline"], loaded["critic"] = p, p.critic
         loaded["generator"] = {k: v.clone() for k, v in p.generator.state_dict().items()}
         return p
