@@ -393,7 +393,9 @@ def load_trained_pipeline(config_path: Path, critic_checkpoint: Optional[Path] =
     pipeline.prior_global_orient = bank.global_orient.float().to(dev)
     if pipeline.pose_regions.region_of.shape[0] != bank.body_pose.shape[0]:  # regions of another prior: cut this one
         pipeline.pose_regions = pipeline.make_pose_regions()
-    if pipeline.config.finetune_steps_per_round > 0:  # the saved critic was fine-tuned: start every arm from the pre-trained one
+    # the run's checkpoint holds the critic's weights as the run had them: a fine-tuned critic (rounds), or another one than
+    # --critic-checkpoint names; start every arm from the pre-trained one (the configured checkpoint)
+    if pipeline.config.finetune_steps_per_round > 0 or critic_checkpoint is not None:
         body_source = pipeline.config.model.body or pipeline.datamanager.train_capture.body
         pipeline.critic = load_configured_critic(pipeline.config.critic, body_source).to(dev)
     pipeline.eval()
