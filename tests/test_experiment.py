@@ -94,6 +94,30 @@ def test_load_config_reuses_a_trained_run(results, monkeypatch):
         run_experiment(ExperimentConfig(output_dir=root / "missing", load_config=root / "nope.yml"))
 
 
+def test_critic_checkpoint_replaces_the_critic_stored_in_the_run(results):
+    """--critic-checkpoint: every arm starts from that checkpoint's weights, not from the critic weights saved in the
+    loaded run's checkpoint (which nerfstudio's loading would otherwise put back)."""
+    import copy
+
+    import posegen_ns.experiment as exp
+    from adapters.hmr import save_spin_checkpoint
+
+    root, _ = results
+    config = next((root / "run" / "ns-train").rglob("config.yml"))
+    run_critic = exp.load_trained_pipeline(config).critic
+    other = copy.deepcopy(run_critic.hmr)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(0.5)
+    ckpt = save_spin_checkpoint(other, root / "other_critic.pt", {"posegen": {"backbone": "resnet18"}})
+    loaded = exp.load_trained_pipeline(config, ckpt).critic
+    for (name, want), got, was in zip(other.state_dict().items(), loaded.hmr.state_dict().values(),
+                                      run_critic.hmr.state_dict().values()):
+        assert torch.equal(got.cpu(), want.cpu()), name
+        if want.is_floating_point() and want.abs().sum() > 0 and name.endswith("weight"):
+            assert not torch.equal(got.cpu(), was.cpu()), name
+
+
 def test_relearn_ours_with_sampler_overrides(results):
     """--relearn-steps with --sampler.* re-learns ours on the loaded field (fresh networks with the overridden
     settings); --arms runs a subset; --ours-prior-fraction mixes prior samples into ours' fine-tuning draws."""
