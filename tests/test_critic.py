@@ -337,3 +337,15 @@ def test_pretrain_skips_non_finite_steps_and_stops_on_divergence(body):
     finally:
         torch.optim.Adam.step = original
     assert seen == pytest.approx([3e-4, 3e-4, 1e-4, 1e-4])
+
+
+def test_cosine_learning_rate_by_hand():
+    """Warm-up then cosine decay to 2 % (posegen_ns.critic.pretrain.cosine_lr), values computed by hand."""
+    from posegen_ns.critic.pretrain import cosine_lr
+
+    assert cosine_lr(1.0, 1, 100, warmup_steps=10) == pytest.approx(0.1)  # warm-up: step / warmup
+    assert cosine_lr(1.0, 10, 100, warmup_steps=10) == pytest.approx(1.0)
+    # halfway through the decay: floor + (1 - floor) / 2 = 0.51
+    assert cosine_lr(1.0, 55, 100, warmup_steps=10) == pytest.approx(0.51)
+    assert cosine_lr(2.0, 100, 100, warmup_steps=10) == pytest.approx(0.04)  # the end: 2 % of lr
+    assert cosine_lr(1.0, 0, 100) == pytest.approx(1.0)  # no warm-up: full rate at the start

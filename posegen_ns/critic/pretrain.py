@@ -222,7 +222,7 @@ def cosine_lr(lr: float, step: int, steps: int, warmup_steps: int = 0, floor: fl
     """Learning rate of ``step`` (1-based) of ``steps`` under linear warm-up then cosine decay to ``floor * lr``
     (SGDR, Loshchilov & Hutter, ICLR 2017, one cycle): ``lr * step / warmup_steps`` during warm-up, then
     ``lr * (floor + (1 - floor) * (1 + cos(pi * p)) / 2)`` with ``p = (step - warmup_steps) / (steps - warmup_steps)``."""
-    if step <= warmup_steps:
+    if warmup_steps > 0 and step <= warmup_steps:
         return lr * step / warmup_steps
     p = (step - warmup_steps) / max(1, steps - warmup_steps)
     return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, p))))
