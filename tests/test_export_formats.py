@@ -9,13 +9,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from tiny_runs import BIN, ENV, train_tiny_run
 import torch
 
 from posegen_ns.body import load_body_model
@@ -29,25 +29,14 @@ from posegen_ns.errors import PoseGenInputError
 from posegen_ns.export import HYBRIK_EVAL_ACTION, export_samples, image_name, merge_shards, sample_seed, shard_batches
 from posegen_ns.geometry import axis_angle_to_matrix
 
-BIN = Path(sys.executable).parent
 # passive OpenMP waiting: on a busy CI machine spinning worker threads slow torch down many times
-ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
 NUM, BATCH = 12, 2  # 6 batches of 40 x 40 renders
 
-
-def _run(args: list[str]) -> None:
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=ENV)
-    assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module")
 def run_config(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("formats")
-    _run([str(BIN / "ns-posegen-capture"), "--output-dir", str(root / "capture"), "--body", "tiny", "--num-cameras", "2",
-          "--resolution", "40", "--frame-stride", "24"])
-    _run([str(BIN / "ns-train"), "posegen-human-tiny", "--data", str(root / "capture"), "--output-dir", str(root / "out")])
-    (config,) = list((root / "out").rglob("config.yml"))
-    return config
+    return train_tiny_run(tmp_path_factory.mktemp("formats"))
 
 
 @pytest.fixture(scope="module")

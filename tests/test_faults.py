@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_runs import tiny_pipeline
 import torch
 
 from posegen_ns.errors import PoseGenInputError
@@ -201,14 +202,7 @@ def test_pretrain_refuses_existing_output_and_settings_that_train_nothing(tmp_pa
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """A tiny PoseGenPipeline (tiny body, 40 px capture, untrained field) built in-process."""
-    from posegen_ns.configs import posegen_human_tiny
-    from posegen_ns.data.default_capture import build_default_capture
-
-    capture = build_default_capture(tmp_path_factory.mktemp("faults") / "capture", body="tiny", num_cameras=2,
-                                    resolution=40, frame_stride=24)
-    config = copy.deepcopy(posegen_human_tiny.config)
-    config.pipeline.datamanager.data = Path(capture)
-    return config.pipeline.setup(device="cpu", test_mode="val")
+    return tiny_pipeline(tmp_path_factory.mktemp("faults"))
 
 
 def _failing_writes(monkeypatch, code: int, fails) -> None:

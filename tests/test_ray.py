@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tiny_runs import train_tiny_run
 import torch
 
 ray = pytest.importorskip("ray")
@@ -24,15 +23,9 @@ from posegen_ns import engine  # noqa: E402
 from posegen_ns.errors import PoseGenInputError  # noqa: E402
 from posegen_ns.export import ExportConfig, export_samples, main as export_main, ray_renderer  # noqa: E402
 
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
 NUM, BATCH = 12, 2  # 6 batches of 40 x 40 renders
 WORKERS = 2
 
-
-def _run(args: list[str]) -> None:
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=ENV)
-    assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,12 +41,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def run_config(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ray")
-    _run([str(BIN / "ns-posegen-capture"), "--output-dir", str(root / "capture"), "--body", "tiny", "--num-cameras", "2",
-          "--resolution", "40", "--frame-stride", "24"])
-    _run([str(BIN / "ns-train"), "posegen-human-tiny", "--data", str(root / "capture"), "--output-dir", str(root / "out")])
-    (config,) = list((root / "out").rglob("config.yml"))
-    return config
+    return train_tiny_run(tmp_path_factory.mktemp("ray"))
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,13 @@ browser would drive it."""
 
 from __future__ import annotations
 
-import copy
 import json
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_runs import tiny_pipeline
 import torch
 
 from posegen_ns.body.joint_sets import H36M_JOINT_NAMES, LSP_JOINT_NAMES, SKELETON_PARENTS, SMPL_JOINT_NAMES
@@ -72,14 +71,7 @@ def test_skeleton_trees(joint_set, names):
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """A tiny PoseGenPipeline (tiny body, 40 px capture, untrained field) built in-process."""
-    from posegen_ns.configs import posegen_human_tiny
-    from posegen_ns.data.default_capture import build_default_capture
-
-    capture = build_default_capture(tmp_path_factory.mktemp("viewer") / "capture", body="tiny", num_cameras=2,
-                                    resolution=40, frame_stride=24)
-    config = copy.deepcopy(posegen_human_tiny.config)
-    config.pipeline.datamanager.data = Path(capture)
-    return config.pipeline.setup(device="cpu", test_mode="val")
+    return tiny_pipeline(tmp_path_factory.mktemp("viewer"))
 
 
 def test_browser_draws_selects_and_exports_without_a_viewer(pipeline, tmp_path):

@@ -1,0 +1,43 @@
+"""Tiny runs shared by several test modules (tiny body, 40 px, 2 cameras): a trained ``ns-train posegen-human-tiny``
+run through the console scripts, and an untrained pipeline built in-process."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+"""The venv's console scripts."""
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+"""Environment of the console scripts the tests start."""
+
+
+def run_cli(args: list[str]) -> None:
+    """Run a console script; fail the test with the tail of its output when it exits non-zero."""
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def train_tiny_run(root: Path) -> Path:
+    """``ns-posegen-capture`` (tiny body, 2 cameras, 40 px) then ``ns-train posegen-human-tiny`` under ``root``;
+    returns the run's ``config.yml``."""
+    run_cli([str(BIN / "ns-posegen-capture"), "--output-dir", str(root / "capture"), "--body", "tiny", "--num-cameras", "2",
+             "--resolution", "40", "--frame-stride", "24"])
+    run_cli([str(BIN / "ns-train"), "posegen-human-tiny", "--data", str(root / "capture"), "--output-dir", str(root / "out")])
+    (config,) = list((root / "out").rglob("config.yml"))
+    return config
+
+
+def tiny_pipeline(root: Path) -> Any:
+    """A tiny PoseGenPipeline (tiny body, 40 px capture under ``root``, untrained field) built in-process on the CPU."""
+    from posegen_ns.configs import posegen_human_tiny
+    from posegen_ns.data.default_capture import build_default_capture
+
+    capture = build_default_capture(root / "capture", body="tiny", num_cameras=2, resolution=40, frame_stride=24)
+    config = copy.deepcopy(posegen_human_tiny.config)
+    config.pipeline.datamanager.data = Path(capture)
+    return config.pipeline.setup(device="cpu", test_mode="val")
