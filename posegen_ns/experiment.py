@@ -38,7 +38,8 @@ Presets: ``tiny`` (tiny body; the tests' size), ``cpu`` (the evidence on a 2-cor
 ``full`` is its old name). Every size can be overridden on the command line. ``--load-config
 RUN/config.yml`` reuses a trained run; ``--relearn-steps N`` re-learns ours on it with ``--sampler.*``
 overrides (:class:`SamplerOverrides`); ``--ours-rounds`` gives ours PoseGen's alternation
-(:func:`finetune_ours_in_rounds`); ``--arms`` runs a subset.
+(:func:`finetune_ours_in_rounds`); ``--arms`` runs a subset. ``--engine ray [--num-workers N]`` runs every arm x
+repeat as a Ray task (:mod:`posegen_ns.experiment_tasks`: the same JSON as ``--engine local`` but ``timing_s``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ import torch
 
 from posegen_ns.atomic_io import atomic_open, check_writable, write_bytes, write_json
 from posegen_ns.cli import jsonable, load_run, run_console_script, say_for
+from posegen_ns.engine import Engine, check_engine
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.labels import concat_samples, gt_from_camera_joints, critic_error
 from posegen_ns.critic.finetune import FinetuneConfig, FinetuneStats, batch_from_samples, finetune_critic, outlier_mask, select
@@ -185,6 +187,8 @@ class SamplerOverrides:
     """Sharpness of the choice of region."""
     region_uniform_mix: Optional[float] = None
     """Share of hard draws with a uniform region."""
+    region_shrink_count: Optional[float] = None
+    """Pseudo-samples at the mean error each region's error is shrunk with."""
     elevation_range: Optional[tuple[float, float]] = None
     """Camera elevation range (radians) of both the prior's uniform cameras and ours."""
     distance_range: Optional[tuple[float, float]] = None
@@ -247,6 +251,12 @@ class ExperimentConfig(ExperimentSizes):
     ours_prior_fraction: float = 0.5
     """Fraction of ours' fine-tuning draws taken from the prior (random-prior's distribution) instead of the hard
     sampler, as PoseAug trains on original and augmented poses together; 0 = hard samples only (measured worse)."""
+    engine: Engine = "local"
+    """'local' (this process) or 'ray': every arm x repeat a Ray task on the RAY_ADDRESS cluster, else a local Ray
+    (:mod:`posegen_ns.experiment_tasks`); the same JSON for the same seeds except timing_s."""
+    num_workers: Optional[int] = None
+    """--engine ray: workers; default one per GPU of the cluster (with a cuda --device), else one per
+    torch.get_num_threads() CPUs."""
     def sizes(self) -> ExperimentSizes:
         """The preset's sizes with this config's overrides applied.
 
@@ -536,8 +546,9 @@ def finetune_ours_in_rounds(pipeline: Any, critic: Any, draw: Any, sizes: "Exper
     """Ours with PoseGen's alternation, inside the experiment's image budget: ``sizes.finetune_images`` are split
     into ``cfg.ours_rounds`` equal parts; part 1 is drawn from the sampler as it is, each later part after
     ``cfg.round_steps`` more sampler steps (:func:`sampler_steps`) against ``critic`` as fine-tuned so far, and
-    ``critic`` is fine-tuned on each part in turn (``sizes.finetune_epochs`` passes). The pipeline's sampler and
-    critic are restored afterwards, so repeats start from the same place.
+    ``critic`` is fine-tuned on each part in turn (``sizes.finetune_epochs`` passes). The pipeline's sampler (its
+    networks, pose regions and hardness reference) and critic are restored afterwards, so repeats start from the
+    same place.
 
     Returns:
         fine-tuning information: totals (``steps``, ``kept``, ``dropped``, ``source_images``, ``drawn``) and
@@ -545,7 +556,7 @@ def finetune_ours_in_rounds(pipeline: Any, critic: Any, draw: Any, sizes: "Exper
         round 2), and its drawing and fine-tuning statistics.
     """
     saved = {k: copy.deepcopy(getattr(pipeline, k).state_dict()) for k in ("generator", "discriminator", "pose_regions")}
-    pretrained, noise = pipeline.critic, pipeline.noise
+    pretrained, noise, reference = pipeline.critic, pipeline.noise, pipeline.reference_error.clone()
     parts = [sizes.finetune_images // cfg.ours_rounds] * cfg.ours_rounds
     parts[-1] += sizes.finetune_images - sum(parts)
     rounds: list[dict[str, Any]] = []
@@ -569,6 +580,7 @@ def finetune_ours_in_rounds(pipeline: Any, critic: Any, draw: Any, sizes: "Exper
             rounds.append(row | {"draw": info, "finetune": stats.as_dict()})
     finally:
         pipeline.critic, pipeline.noise = pretrained, noise
+        pipeline.reference_error.copy_(reference)
         for k, state in saved.items():
             getattr(pipeline, k).load_state_dict(state)
     totals = {k: sum(r["finetune"][k] for r in rounds) for k in ("steps", "kept", "dropped", "source_images")}
@@ -762,6 +774,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     timing: dict[str, float] = {}
     started = time.time()
     sizes = cfg.sizes()
+    check_engine(cfg.engine, cfg.num_workers)
     out_dir = Path(cfg.output_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.json is not None:  # before hours of work, not at their end
@@ -807,44 +820,14 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     eval_set = build_eval_set(pipeline, cfg, sizes)
     timing["eval_set"] = time.time() - t
 
-    draws = {
-        "random-prior": lambda n, g: pipeline.draw(n, hard=False, noise=g),
-        "posegen-released": released,
-        "mining": mining_draw(pipeline, cfg.mining_factor, cfg.ours_prior_fraction),
-        "ours": mixed_draw(pipeline, cfg.ours_prior_fraction),
-        "ours-mesh": mixed_draw(pipeline, cfg.ours_prior_fraction),
-    }
-    scorers = {"ours-mesh": mesh_scorer(pipeline)}
-    pretrained = pipeline.critic
-    source = pipeline.source_sampler()
+    # every arm x repeat is an independent task, here or on Ray (posegen_ns.experiment_tasks: seeds, order independence)
+    from posegen_ns.experiment_tasks import ArmContext, run_arms
+
+    arm_runs, arm_seconds = run_arms(ArmContext(pipeline, cfg, sizes, released=released, eval_set=eval_set), say)
     rows: list[dict[str, Any]] = []
-    for name in ARMS:
-        if name not in cfg.arms:
-            continue
-        t = time.time()
-        runs: list[dict[str, Any]] = []
-        for rep in range(1 if name == "pretrained" else sizes.repeats):  # the pre-trained critic is deterministic
-            # repeat k's seed is shared by every arm: the same prior draws (random-prior, the prior half of ours and
-            # mining), the same source images and fine-tuning order, the same dropout; ours-mesh draws ours' samples
-            s = cfg.seed + 10000 * rep
-            critic = copy.deepcopy(pretrained)
-            ft_info: dict[str, Any] = {}
-            torch.manual_seed(s + 1000)
-            if name == "ours" and cfg.ours_rounds > 1:
-                say(f"arm 'ours' (repeat {rep + 1}/{sizes.repeats}): {cfg.ours_rounds} rounds of sampling and fine-tuning, "
-                    f"{sizes.finetune_images} images in all")
-                ft_info = finetune_ours_in_rounds(pipeline, critic, draws[name], sizes, cfg, s, 0, say)
-            elif name != "pretrained":
-                say(f"arm '{name}' (repeat {rep + 1}/{sizes.repeats}): drawing {sizes.finetune_images} fine-tuning images, fine-tuning")
-                with torch.no_grad():
-                    batches, ft_info = draw_finetune_set(pipeline, draws[name], sizes.finetune_images, sizes.finetune_batch,
-                                                         cfg.finetune, seed=s + 100, score=scorers.get(name))
-                stats = finetune_critic(critic, batches * sizes.finetune_epochs, cfg.finetune, source=source, seed=s)
-                ft_info.update(stats.as_dict())
-            runs.append({**evaluate_critic_on(critic, eval_set), "finetune": ft_info, "seed": s})
-            del critic
+    for name, runs in arm_runs.items():
         rows.append(summarise_repeats(name, runs, 0 if name == "pretrained" else sizes.finetune_images))
-        timing[f"arm_{name}"] = time.time() - t
+        timing[f"arm_{name}"] = arm_seconds[name]
     timing["total"] = time.time() - started
     results = {
         "rows": rows,

@@ -227,7 +227,7 @@ class PoseGenPipeline(VanillaPipeline):
         ``config.sampler`` describes it, with no error statistics yet (``--relearn-steps`` rebuilds it)."""
         s = self.config.sampler
         return PoseRegions(self.prior_body_pose, self.prior_global_orient, s.num_regions, s.region_temperature,
-                           s.region_uniform_mix, seed=self.config.seed)
+                           s.region_uniform_mix, seed=self.config.seed, shrink_count=s.region_shrink_count)
 
     @property
     def loop_started(self) -> bool:

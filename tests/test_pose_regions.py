@@ -42,10 +42,10 @@ def test_upright_and_lying_bodies_fall_into_different_regions_whatever_their_yaw
     assert r.region_of[0] != r.region_of[n]
 
 
-def _two_regions(errors, temperature=0.5, mix=0.2) -> PoseRegions:
+def _two_regions(errors, temperature=0.5, mix=0.2, shrink=0.0) -> PoseRegions:
     pose = torch.zeros(20, 69)
     orient = torch.cat([torch.zeros(10, 3), torch.tensor([math.pi / 2, 0.0, 0.0]).expand(10, 3)])
-    r = PoseRegions(pose, orient, num_regions=2, temperature=temperature, uniform_mix=mix)
+    r = PoseRegions(pose, orient, num_regions=2, temperature=temperature, uniform_mix=mix, shrink_count=shrink)
     r.region_error.copy_(torch.tensor(errors))
     return r
 
@@ -61,6 +61,25 @@ def test_region_probabilities_by_hand():
     assert torch.allclose(_two_regions([float("nan")] * 2).probabilities(), torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match="temperature"):
         _two_regions([0.1, 0.2], temperature=0.0)
+
+
+def test_a_region_scored_few_times_is_shrunk_towards_the_mean_by_hand():
+    r = _two_regions([0.1, 0.5], shrink=8.0)
+    a, b = int(r.region_of[0]), int(r.region_of[10])
+    r.region_count[a], r.region_count[b] = 24.0, 1.0
+    # mean 0.3; a: (24 * 0.1 + 8 * 0.3) / 32 = 0.15; b: (1 * 0.5 + 8 * 0.3) / 9 = 0.32222
+    assert torch.allclose(r.shrunk_error()[[a, b]], torch.tensor([0.15, 2.9 / 9]), atol=1e-6)
+    # choice on the shrunk errors: mean 0.23611; relative 0.63529, 1.36471; squared 0.40359, 1.86243 -> 0.17811, 0.82189
+    mean = (0.15 + 2.9 / 9) / 2
+    w = torch.tensor([(0.15 / mean) ** 2, (2.9 / 9 / mean) ** 2])
+    expected = 0.8 * w / w.sum() + 0.1
+    assert torch.allclose(r.probabilities()[[a, b]], expected, atol=1e-6)
+    # without shrinkage the once-scored region dominates more: relative 1/3, 5/3 -> 1/26, 25/26
+    assert float(_two_regions([0.1, 0.5]).probabilities()[b]) == pytest.approx(0.8 * 25 / 26 + 0.1, abs=1e-6)
+    # the hardness reference uses the shrunk error too; an unscored region stays NaN (then the fallback)
+    assert float(r.reference(torch.tensor([10]), 0.0)) == pytest.approx(2.9 / 9, abs=1e-6)
+    with pytest.raises(ValueError, match="shrink_count"):
+        _two_regions([0.1, 0.2], shrink=-1.0)
 
 
 def test_draws_follow_the_region_probabilities_and_stay_in_their_region():

@@ -55,6 +55,9 @@ class SamplerConfig:
     """Sharpness of the region choice: weight ``(region error / mean error)^(1 / temperature)``."""
     region_uniform_mix: float = 0.3
     """Share of hard draws whose region is uniform (every region stays in play)."""
+    region_shrink_count: float = 8.0
+    """Pseudo-samples at the mean error that each region's error is shrunk with before the choice (a region scored
+    a few times cannot take a large share of draws on a noisy figure; 0: no shrinkage)."""
     reference_momentum: float = 0.9
     """Momentum of the running critic error on prior samples (the hardness reference)."""
     prior_stride: int = 4

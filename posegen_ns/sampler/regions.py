@@ -10,8 +10,12 @@ during the sampler's training, and hard draws pick a region with probability
 
     p_r = (1 - uniform_mix) * h_r^(1 / temperature) / sum_s h_s^(1 / temperature) + uniform_mix / R,
 
-``h_r`` the region's mean critic error over the mean of all regions' (regions not yet scored count as average),
-then a frame of that region uniformly. The uniform share keeps every region in play (no collapse onto a few
+``h_r`` the region's critic error over the mean of all regions' (regions not yet scored count as average),
+then a frame of that region uniformly. A region's error is shrunk towards that mean by its sample count ``n_r``
+(an empirical-Bayes estimate, ``e'_r = (n_r e_r + k m) / (n_r + k)`` with ``k = shrink_count`` pseudo-samples
+at the mean ``m``): a small region scored once at an extreme error does not take a large share of the draws on
+one noisy figure (measured: one 14-frame region of lying bodies, scored once at 500 mm, received 17 % of the
+hard draws without it). The uniform share keeps every region in play (no collapse onto a few
 poses; the per-region bandit of hardness-aware sampling, cf. PoseSyn's error extraction, which keeps the hardest
 prior samples, and Shrivastava et al. CVPR 2016's online hard example mining). Error statistics are running
 means that turn into an exponential average after ``window`` samples, so they follow a critic that is fine-tuned
@@ -82,20 +86,23 @@ class PoseRegions(nn.Module):
         window: samples after which a region's running mean becomes an exponential average of rate
             ``1 / window``.
         seed: seed of the clustering.
+        shrink_count: ``k``, pseudo-samples at the mean error that each region's error is shrunk with (0: none).
 
     Buffers (saved in checkpoints): ``region_of (N,)`` long, ``region_error (R,)`` metres (NaN: not yet scored),
     ``region_count (R,)`` samples scored.
 
     Raises:
-        ValueError: a temperature that is not positive or ``uniform_mix`` outside [0, 1].
+        ValueError: a temperature that is not positive, ``uniform_mix`` outside [0, 1] or a negative
+            ``shrink_count``.
     """
 
     def __init__(self, body_pose: Tensor, global_orient: Tensor, num_regions: int = 16, temperature: float = 0.5,
-                 uniform_mix: float = 0.3, window: int = 50, seed: int = 0):
+                 uniform_mix: float = 0.3, window: int = 50, seed: int = 0, shrink_count: float = 8.0):
         super().__init__()
-        if temperature <= 0 or not 0.0 <= uniform_mix <= 1.0:
-            raise ValueError(f"PoseRegions: temperature must be > 0 and uniform_mix in [0, 1] "
-                             f"(got {temperature}, {uniform_mix})")
+        if temperature <= 0 or not 0.0 <= uniform_mix <= 1.0 or shrink_count < 0:
+            raise ValueError(f"PoseRegions: temperature must be > 0, uniform_mix in [0, 1] and shrink_count >= 0 "
+                             f"(got {temperature}, {uniform_mix}, {shrink_count})")
+        self.shrink_count = float(shrink_count)
         n = body_pose.shape[0]
         r = max(1, min(int(num_regions), n))
         if r > 1:
@@ -115,9 +122,20 @@ class PoseRegions(nn.Module):
         """``(R,)`` frames per region."""
         return torch.bincount(self.region_of, minlength=self.num_regions)
 
+    def shrunk_error(self) -> Tensor:
+        """``(R,)`` each region's running error (metres) shrunk towards the mean of the scored regions by its sample
+        count, ``(n_r e_r + k m) / (n_r + k)`` (module docstring); NaN where a region is not scored yet."""
+        err, n = self.region_error, self.region_count
+        scored = torch.isfinite(err)
+        if not bool(scored.any()) or self.shrink_count == 0:
+            return err.clone()
+        mean = err[scored].mean()
+        k = self.shrink_count
+        return torch.where(scored, (n * torch.nan_to_num(err) + k * mean) / (n + k).clamp_min(1e-9), err)
+
     def probabilities(self) -> Tensor:
         """``(R,)`` the probability of drawing each region (module docstring); uniform before any region is scored."""
-        err = self.region_error
+        err = self.shrunk_error()
         scored = torch.isfinite(err)
         r = self.num_regions
         if r == 1 or not bool(scored.any()):
@@ -144,11 +162,11 @@ class PoseRegions(nn.Module):
         return out.to(self.region_of.device)
 
     def reference(self, frame_index: Tensor, fallback: Tensor | float) -> Tensor:
-        """``(B,)`` the running error (metres) of the region of each prior frame in ``frame_index (B,)``, the
+        """``(B,)`` the running error (metres, shrunk: :meth:`shrunk_error`) of the region of each prior frame in ``frame_index (B,)``, the
         reference of that sample's hardness (the generator makes a pose harder than its region is on average, the
         choice of region does the rest); ``fallback`` (e.g. the mean over the whole prior) where a region is not
         scored yet."""
-        ref = self.region_error[self.region_of[frame_index.to(self.region_of.device)]]
+        ref = self.shrunk_error()[self.region_of[frame_index.to(self.region_of.device)]]
         fb = torch.as_tensor(fallback, dtype=ref.dtype, device=ref.device).expand_as(ref)
         return torch.where(torch.isfinite(ref), ref, fb).detach()
 
@@ -171,6 +189,7 @@ class PoseRegions(nn.Module):
                 self.region_count[j] = c
 
     def report(self) -> dict[str, list]:
-        """``{"frames", "mpjpe_mm", "scored", "probability"}`` per region (lists of length R)."""
+        """``{"frames", "mpjpe_mm", "shrunk_mpjpe_mm", "scored", "probability"}`` per region (lists of length R)."""
         return {"frames": self.sizes().tolist(), "mpjpe_mm": (self.region_error * 1000).tolist(),
+                "shrunk_mpjpe_mm": (self.shrunk_error() * 1000).tolist(),
                 "scored": self.region_count.tolist(), "probability": self.probabilities().tolist()}
