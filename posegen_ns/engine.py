@@ -1,9 +1,11 @@
 """Where independent work runs: in this process (``--engine local``) or as Ray tasks (``--engine ray``).
 
-The commands that fan out (``ns-posegen-export``'s batches, ``ns-posegen-eval``'s motions) describe their work as
-a list of independent tasks and two functions (:func:`run_tasks`):
+The commands that fan out (``ns-posegen-export``'s batches, ``ns-posegen-eval``'s motions,
+``ns-posegen-experiment``'s arms x repeats, :mod:`posegen_ns.experiment_tasks`) describe their work as a list of
+independent tasks and two functions (:func:`run_tasks`):
 
-- ``load()``: what a worker builds once (load the run, the critic, ...); its result is the worker's *state*;
+- ``load()``: what a worker builds once (load the run, the critic, ...; the experiment's trained pipeline comes
+  inside ``load`` itself, through the object store); its result is the worker's *state*;
 - ``work(state, task)``: one task; its result goes back to the driver.
 
 With Ray, each worker is a Ray actor (one GPU each where the cluster has GPUs, else one CPU slot): it runs

@@ -198,3 +198,41 @@ def test_two_rounds_change_the_critic_and_the_checkpoint_restores_it(two_round_r
             resumed.pipeline.load_pipeline(state, ckpt["step"])
     finally:
         field.pose_residual = kept
+
+
+class _RecordingSGD(torch.optim.SGD):
+    """Plain SGD that records the rate of every step."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.rates = []
+
+    def step(self, closure=None):
+        self.rates.append(self.param_groups[0]["lr"])
+        return super().step(closure)
+
+
+def test_cosine_schedule_and_gradient_clipping_by_hand(critic, source):
+    import math
+
+    batch = source(2, torch.Generator().manual_seed(5))
+    batch["error"] = torch.full((2,), 0.2)
+    params = list(critic.parameters())
+    opt = _RecordingSGD(params, lr=1.0)
+    cfg = FinetuneConfig(lr=1e-3, source_fraction=0.0, lr_schedule="cosine")
+    finetune_critic(critic, [batch] * 5, cfg, optimizer=opt)
+    # step i of 5: 1e-3 * (0.02 + 0.98 * (1 + cos(pi * i / 5)) / 2)
+    expected = [1e-3 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * i / 5))) for i in range(1, 6)]
+    assert opt.rates == pytest.approx(expected, rel=1e-9) and opt.rates[-1] == pytest.approx(2e-5)
+    # clipping: one SGD step at rate 1 moves the weights by exactly the clipped gradient (global norm 1e-3)
+    before = torch.cat([p.detach().flatten().clone() for p in params])
+    opt = torch.optim.SGD(params, lr=1.0)
+    finetune_critic(critic, [batch], FinetuneConfig(lr=1.0, source_fraction=0.0, max_grad_norm=1e-3), optimizer=opt)
+    moved = torch.cat([p.detach().flatten() for p in params]) - before
+    assert float(moved.norm()) == pytest.approx(1e-3, rel=1e-3)
+    with pytest.raises(PoseGenInputError, match="list of batches"):
+        finetune_critic(critic, iter([batch]), cfg)
+    with pytest.raises(PoseGenInputError, match="lr_schedule"):
+        FinetuneConfig(lr_schedule="step")
+    with pytest.raises(PoseGenInputError, match="max_grad_norm"):
+        FinetuneConfig(max_grad_norm=0.0)

@@ -1,6 +1,8 @@
 """``--engine ray`` (posegen_ns.engine): on a local Ray with 2 workers, the export equals the local export byte for
 byte, also when a worker process is killed mid-export (Ray restarts it and runs its batches again); a worker's
-error names the worker and the task and keeps the partial export; evaluation gives the local figures.
+error names the worker and the task and keeps the partial export; evaluation gives the local figures; the
+experiment's arms x repeats give the local JSON (but timing_s), also after a killed worker, and a task's error names
+the worker, the arm and the repeat.
 
 Skipped only when the extra ``ray`` is not installed (``pip install -e ".[test,ray]"``, as CI does). Ray is
 started once for the module, small (2 CPU slots, a 256 MB object store)."""
@@ -157,3 +159,98 @@ def test_ray_evaluation_gives_the_local_figures(tmp_path):
     assert local["overall"]["num_images"] == 3 * 2 * 6
     for key in ("overall", "clips", "views"):
         assert json.dumps(on_ray[key]) == json.dumps(local[key]), key  # every figure, every bit, same order
+
+
+# ------------------------------------------------------------------------------------------ experiment
+EXPERIMENT_ARMS = ("pretrained", "random-prior", "posegen-released", "ours")
+
+
+def _experiment_config(run_config: Path, out: Path, **extra):
+    """The tiny preset cut to seconds per task, on the module's trained run (no training): 4 arms (the released GAN's
+    sampler travels to the workers; ours in 2 rounds trains the sampler in place and restores it), 2 repeats."""
+    from posegen_ns.experiment import ExperimentConfig
+
+    return ExperimentConfig(
+        preset="tiny", output_dir=out, load_config=run_config, device="cpu", arms=EXPERIMENT_ARMS, repeats=2,
+        ours_rounds=2, round_steps=1, gan_steps=2, sampler_batch=2, finetune_images=4, finetune_batch=2,
+        finetune_epochs=1, eval_max_frames=1, eval_cameras=2, eval_elevations=(0.0,), eval_resolution=32, **extra,
+    )
+
+
+def _assert_close(a, b, where: str = "") -> None:
+    """Same structure and strings; numbers equal to 1e-5 (relative or absolute); NaN where NaN."""
+    import math
+
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), where
+        for k in a:
+            _assert_close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and not isinstance(b, bool):
+        assert (math.isnan(a) and math.isnan(b)) or b == pytest.approx(a, rel=1e-5, abs=1e-5), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
+@pytest.fixture(scope="module")
+def local_experiment(run_config, tmp_path_factory):
+    from posegen_ns.experiment import run_experiment
+
+    return run_experiment(_experiment_config(run_config, tmp_path_factory.mktemp("experiment-local")))
+
+
+def test_ray_experiment_gives_the_local_json(run_config, local_experiment, tmp_path, monkeypatch, capsys):
+    """--engine ray --num-workers 2: every arm x repeat a Ray task; the JSON equals the local one but timing_s, also
+    when a worker process is killed mid-way (Ray restarts it, it fetches the context and renders the evaluation set
+    again, and its tasks run again): each task seeds what it uses, whichever worker and order runs it."""
+    from posegen_ns.experiment import run_experiment
+
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(engine.KILL_ONCE_ENV, f"arm 'random-prior' repeat 2/2@{marker}")
+    out = run_experiment(_experiment_config(run_config, tmp_path / "run", engine="ray", num_workers=WORKERS))
+    assert marker.exists()  # the worker did die
+    assert "fine-tuning and evaluating arms" in capsys.readouterr().out  # the driver's one progress bar
+    local = json.loads(json.dumps(local_experiment, default=str))
+    on_ray = json.loads((tmp_path / "run" / "experiment.json").read_text())
+    assert [r["name"] for r in on_ray["rows"]] == list(EXPERIMENT_ARMS)
+    ours = on_ray["rows"][-1]
+    assert ours["repeats"] == 2 and [len(r["finetune"]["rounds"]) for r in ours["per_repeat"]] == [2, 2]
+    for r_local, r_ray in zip(local["rows"], on_ray["rows"]):
+        _assert_close(r_local["mpjpe_mm_per_repeat"], r_ray["mpjpe_mm_per_repeat"], r_ray["name"])
+    assert sorted(on_ray["timing_s"]) == sorted(local["timing_s"])
+    _assert_close({k: v for k, v in local.items() if k != "timing_s"}, {k: v for k, v in on_ray.items() if k != "timing_s"})
+    assert out["rows"][1]["mpjpe_mm_per_repeat"] == on_ray["rows"][1]["mpjpe_mm_per_repeat"]
+
+
+def test_ray_experiment_error_names_worker_arm_and_repeat(run_config, tmp_path):
+    from posegen_ns.critic.finetune import FinetuneConfig
+    from posegen_ns.experiment import run_experiment
+
+    impossible = FinetuneConfig(lr=1e-4, min_error_mm=1e6, max_error_mm=2e6)  # the filter keeps no sample
+    cfg = _experiment_config(run_config, tmp_path / "run", engine="ray", num_workers=WORKERS, finetune=impossible)
+    cfg.arms = ("random-prior",)
+    with pytest.raises(PoseGenInputError, match=r"ray worker \d \(pid \d+ on [\d.]+\) failed on arm 'random-prior' "
+                                                r"repeat [12]/2: only 0 of 4 samples passed the outlier filter"):
+        run_experiment(cfg)
+
+
+def test_arm_worker_renders_the_drivers_evaluation_set_or_refuses(pipeline, run_config, tmp_path):
+    """A worker's context comes without the evaluation images; the worker renders them (the same bytes as the
+    driver's) and refuses to work when its images differ from the driver's digest."""
+    from posegen_ns.experiment import build_eval_set
+    from posegen_ns.experiment_tasks import ArmContext, eval_set_digest, load_arm_worker
+
+    cfg = _experiment_config(run_config, tmp_path)
+    sizes = cfg.sizes()
+    driver = ArmContext(pipeline, cfg, sizes, eval_set=build_eval_set(pipeline, cfg, sizes))
+    shipped = driver.for_workers()
+    assert shipped.eval_set is None and shipped.eval_digest == eval_set_digest(driver.eval_set)
+    worker = load_arm_worker(shipped)
+    assert eval_set_digest(worker.eval_set) == shipped.eval_digest
+    for a, b in zip(worker.eval_set.batches, driver.eval_set.batches):
+        assert torch.equal(a.images, b.images) and torch.equal(a.gt, b.gt) and a.clip == b.clip
+    with pytest.raises(PoseGenInputError, match="renders other evaluation images than the driver"):
+        load_arm_worker(ArmContext(pipeline, cfg, sizes, eval_digest="0" * 64))

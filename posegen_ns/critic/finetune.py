@@ -11,6 +11,10 @@ keeps BatchNorm frozen. Here:
   source set (the data the critic was pre-trained on; SPIN mixes datasets by fixed fractions the
   same way). The two parts may have different image sizes, so their losses are computed apart and
   averaged weighted by image count (= the mean over one concatenated batch).
+- **Schedule**: ``lr_schedule="cosine"`` decays the rate over the run's steps to 2 % (one cosine cycle, as in
+  pre-training, :func:`posegen_ns.critic.pretrain.cosine_lr`) and ``max_grad_norm`` clips the gradient: with a
+  few dozen steps a constant rate leaves the result at the mercy of the last batches (measured: one repeat of
+  five at +15 % MPJPE over the others with the constant rate).
 - **BatchNorm frozen**: :meth:`adapters.protocol.Critic.train_mode` (running statistics used, never
   updated), as SPIN/HMR fine-tuning on small batches needs.
 - **Per-sample outlier filter** (:func:`outlier_mask`): drops samples whose labels are not finite or
@@ -31,12 +35,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from posegen_ns.critic.pretrain import LossWeights, SampleBatch, supervised_losses
+from posegen_ns.critic.pretrain import LossWeights, SampleBatch, cosine_lr, supervised_losses
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.geometry import project_points
 from posegen_ns.labels import camera_frame_orient
@@ -64,12 +68,20 @@ class FinetuneConfig:
     """Drop samples whose critic box has more than this fraction of its area outside the image."""
     weights: LossWeights = field(default_factory=LossWeights)
     """SPIN's supervised loss weights (:class:`posegen_ns.critic.pretrain.LossWeights`)."""
+    lr_schedule: str = "constant"
+    """'constant', or 'cosine': one cosine decay from ``lr`` to 2 % of it over the fine-tuning steps."""
+    max_grad_norm: Optional[float] = None
+    """Clip the gradient's global norm to this (None: no clipping)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.source_fraction < 1.0:
             raise PoseGenInputError(
                 f"FinetuneConfig.source_fraction must be in [0, 1) (got {self.source_fraction}); 1 would leave no samples."
             )
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise PoseGenInputError(f"FinetuneConfig.lr_schedule must be 'constant' or 'cosine' (got {self.lr_schedule!r}).")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise PoseGenInputError(f"FinetuneConfig.max_grad_norm must be > 0 or None (got {self.max_grad_norm}).")
         if self.max_error_mm <= self.min_error_mm:
             raise PoseGenInputError(
                 f"FinetuneConfig: max_error_mm ({self.max_error_mm}) must exceed min_error_mm ({self.min_error_mm})."
@@ -240,7 +252,8 @@ def finetune_critic(
     ``source`` (``source(n, generator) -> batch``, e.g. :func:`posegen_ns.data.source_poses.make_source_sampler`;
     ``None`` = samples only), and minimises :func:`finetune_losses` with BatchNorm frozen
     (``critic.train_mode()``). A step whose samples were all dropped trains on source images alone
-    (or is skipped without a source). The critic is left in ``eval_mode()``.
+    (or is skipped without a source). The critic is left in ``eval_mode()``. With ``cfg.lr_schedule ==
+    "cosine"`` the rate of batch ``i`` (1-based) of ``N = len(batches)`` is ``cosine_lr(cfg.lr, i, N)``.
 
     Args:
         critic: the critic to train (an :class:`adapters.hmr.HMRCritic`).
@@ -253,6 +266,9 @@ def finetune_critic(
 
     Returns:
         :class:`FinetuneStats` (kept / dropped counts, loss per step).
+
+    Raises:
+        PoseGenInputError: a cosine schedule with ``batches`` of unknown length (a stream).
     """
     stats = stats or FinetuneStats()
     params = [p for p in critic.parameters()]
@@ -260,9 +276,17 @@ def finetune_critic(
         p.requires_grad_(True)
     opt = optimizer or torch.optim.Adam(params, lr=cfg.lr)
     gen = torch.Generator().manual_seed(seed)
+    total = None
+    if cfg.lr_schedule == "cosine":
+        if not hasattr(batches, "__len__"):
+            raise PoseGenInputError("finetune_critic: a cosine schedule needs a list of batches (its length sets the decay).")
+        total = len(batches)
     critic.train_mode()
     try:
-        for batch in batches:
+        for i, batch in enumerate(batches):
+            if total is not None:
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(cfg.lr, i + 1, total)
             keep, reasons = outlier_mask(batch, cfg)
             stats.add_filter(keep, reasons)
             kept = select(batch, keep)
@@ -273,6 +297,8 @@ def finetune_critic(
             losses = finetune_losses(critic, kept, src, cfg.weights)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             stats.steps += 1
             stats.source_images += n_src

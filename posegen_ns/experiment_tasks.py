@@ -1,0 +1,251 @@
+"""The arms x repeats of ``ns-posegen-experiment`` as independent tasks: in this process (``--engine local``) or as
+Ray tasks (``--engine ray [--num-workers N]``, :mod:`posegen_ns.engine`).
+
+One task is one arm x repeat (:func:`run_arm_repeat`): copy the pre-trained critic, draw the arm's fine-tuning set,
+fine-tune the copy, evaluate it on the pre-rendered evaluation set. Every task reads an :class:`ArmContext` (the
+trained pipeline, the released-style GAN's sampler, the evaluation set, the config and sizes) and leaves it as it
+found it. :func:`run_arms` runs the tasks in the experiment's order (arms in :data:`~posegen_ns.experiment.ARMS`
+order, repeats inside) and hands back each arm's runs in repeat order, whichever engine ran them.
+
+**Order independence** (why a task's result does not depend on which tasks ran before it, or where):
+
+- Seeds: repeat ``k``'s seed ``s = seed + 10000 k`` is shared by every arm. A task seeds everything it uses
+  itself: ``torch.manual_seed(s + 1000)`` (dropout and any other use of torch's global generator) right before its
+  first random operation, the drawing generator ``s + 100`` (:func:`~posegen_ns.experiment.draw_finetune_set`), the
+  fine-tuning order and source images ``s`` (:func:`~posegen_ns.critic.finetune.finetune_critic`), the rounds of
+  ours ``s + 31 r`` and ``s + 100 + 7 r`` (:func:`~posegen_ns.experiment.finetune_ours_in_rounds`). What a task
+  builds before that seed (the critic copy, the draws, the cached source set) is deterministic and uses no global
+  random state.
+- State: the draws (prior, released GAN, mining, ours, the mesh scorer) are stateless closures over the pipeline
+  and always get the task's generator (never ``pipeline.noise``); the critic is a fresh copy; the source set is
+  rendered once (seeded) and read-only. Ours with rounds trains the pipeline's sampler in place and restores the
+  generator, discriminator, pose regions, hardness reference and critic afterwards (also when it fails).
+- So the local figures of a given seed are those of the loop this module replaced (same operations in the same
+  order inside each task), and a Ray worker that runs tasks in another order, or after a restart, gives the same.
+
+**On Ray** (:func:`run_arms` with ``cfg.engine == "ray"``): the context travels once per worker through Ray's
+object store (:func:`posegen_ns.engine.run_tasks` puts a large ``load`` there; a restarted worker fetches it again)
+*without* the evaluation images (thousands of float images: 0.4 GB at the ``cpu`` preset, 6 GB at ``gpu``): each
+worker renders them again (:func:`load_arm_worker`, the same deterministic mesh renders,
+:func:`~posegen_ns.experiment.build_eval_set`) and checks them against the driver's digest
+(:func:`eval_set_digest`); a node that renders different images is refused. ``--eval-poses`` must therefore be
+readable at the same path on every node (as the export's run folder). Each worker computes with the driver's
+torch thread count (:mod:`posegen_ns.engine`), holds one pipeline and one evaluation set, and runs one task at a
+time; the driver shows one progress bar over all tasks. A task's error stops the job with a
+:class:`~posegen_ns.engine.WorkerError` (or :class:`~posegen_ns.errors.PoseGenInputError`) naming the worker, the
+arm and the repeat; a worker process that dies is restarted and its tasks run again (a task has no side effect
+outside its worker).
+
+**Same JSON.** On the same kind of machine the results JSON of ``--engine ray`` equals ``--engine local``'s for the
+same seeds, every figure bit for bit (the tests check the rows to 1e-5), except ``timing_s``: its wall times differ
+from run to run anyway, and ``arm_<name>`` is the sum of the arm's task times on whichever worker ran them (with
+the local engine: the arm's time in this process), so with several workers the arms' times add up to more than
+``total``. Across kinds of machine (a CPU driver with GPU workers) renders differ in the last bits and the workers
+refuse the evaluation set (above).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+
+from posegen_ns.errors import PoseGenInputError
+
+if TYPE_CHECKING:
+    from posegen_ns.experiment import EvalSet, ExperimentConfig, ExperimentSizes
+
+Say = Callable[[str], None]
+Task = tuple[str, int]
+"""One task: ``(arm name, repeat index)``."""
+
+
+@dataclass
+class ArmContext:
+    """What every arm x repeat reads (and leaves as it found it): the trained ``pipeline`` (field, our sampler as
+    trained or re-learned, the pre-trained critic as ``pipeline.critic``), the released-style GAN's sampler
+    (``released``, :func:`~posegen_ns.experiment.train_released_gan`; None without that arm), the pre-rendered
+    evaluation set (None on its way to a Ray worker, which renders it again) with its digest, and the config and
+    sizes of the experiment."""
+
+    pipeline: Any
+    cfg: "ExperimentConfig"
+    sizes: "ExperimentSizes"
+    released: Optional[Callable[..., Any]] = None
+    eval_set: Optional["EvalSet"] = None
+    eval_digest: Optional[str] = None
+    """:func:`eval_set_digest` of the driver's evaluation set (set for the workers)."""
+    _draws: Optional[tuple[dict[str, Any], dict[str, Any]]] = dataclasses.field(default=None, repr=False)
+
+    def draws(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(draws, scorers)``: ``draws[arm](num, generator) -> PoseCameraSample`` and ``scorers[arm](sample) ->
+        SampleBatch`` (arms that render with something else than the field: ``ours-mesh``). Built on first use."""
+        if self._draws is None:
+            self._draws = arm_draws(self.pipeline, self.released, self.cfg)
+        return self._draws
+
+    def for_workers(self) -> "ArmContext":
+        """A copy for Ray workers: no evaluation images (the workers render them, :func:`load_arm_worker`) but their
+        digest, and no built draws (closures; each worker builds its own)."""
+        assert self.eval_set is not None, "for_workers: the driver's evaluation set is needed for its digest"
+        return dataclasses.replace(self, eval_set=None, eval_digest=eval_set_digest(self.eval_set), _draws=None)
+
+
+def arm_draws(pipeline: Any, released: Optional[Callable[..., Any]], cfg: "ExperimentConfig"
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each arm's draw and renderer (module docstring of :mod:`posegen_ns.experiment`): ``random-prior`` prior
+    poses with uniform cameras, ``posegen-released`` the released-style GAN, ``mining`` PoseSyn's error extraction
+    (:func:`~posegen_ns.experiment.mining_draw`), ``ours`` and ``ours-mesh`` our sampler mixed with the prior
+    (:func:`~posegen_ns.experiment.mixed_draw`); ``ours-mesh`` renders with the mesh
+    (:func:`~posegen_ns.experiment.mesh_scorer`). Returns ``(draws, scorers)``."""
+    from posegen_ns.experiment import mesh_scorer, mining_draw, mixed_draw
+
+    draws = {
+        "random-prior": lambda n, g: pipeline.draw(n, hard=False, noise=g),
+        "posegen-released": released,
+        "mining": mining_draw(pipeline, cfg.mining_factor, cfg.ours_prior_fraction),
+        "ours": mixed_draw(pipeline, cfg.ours_prior_fraction),
+        "ours-mesh": mixed_draw(pipeline, cfg.ours_prior_fraction),
+    }
+    return draws, {"ours-mesh": mesh_scorer(pipeline)}
+
+
+def arm_tasks(arms: tuple[str, ...], repeats: int) -> list[Task]:
+    """The experiment's tasks in order: the arms of ``arms`` in :data:`~posegen_ns.experiment.ARMS` order, each
+    ``repeats`` times (``pretrained`` once: the pre-trained critic is deterministic)."""
+    from posegen_ns.experiment import ARMS
+
+    return [(name, rep) for name in ARMS if name in arms for rep in range(1 if name == "pretrained" else repeats)]
+
+
+def task_label(task: Task, repeats: int) -> str:
+    """``arm 'ours' repeat 2/5``: a task in messages (progress, a worker's error)."""
+    name, rep = task
+    return f"arm '{name}' repeat {rep + 1}/{1 if name == 'pretrained' else repeats}"
+
+
+def run_arm_repeat(ctx: ArmContext, name: str, rep: int, say: Optional[Say] = None) -> dict[str, Any]:
+    """One arm x repeat: fine-tune a copy of the pre-trained critic on ``sizes.finetune_images`` usable samples of
+    arm ``name`` drawn with repeat ``rep``'s seed (none for ``pretrained``; ours in ``cfg.ours_rounds`` rounds when
+    more than one) and evaluate it on ``ctx.eval_set``. Seeds and state: module docstring.
+
+    Returns:
+        :func:`~posegen_ns.experiment.evaluate_critic_on`'s result with ``finetune`` (the drawing and fine-tuning
+        statistics) and ``seed`` (the repeat's seed), as :func:`~posegen_ns.experiment.summarise_repeats` reads it.
+
+    Raises:
+        PoseGenInputError: too few samples pass the outlier filter
+            (:func:`~posegen_ns.experiment.draw_finetune_set`).
+    """
+    from posegen_ns.critic.finetune import finetune_critic
+    from posegen_ns.experiment import draw_finetune_set, evaluate_critic_on, finetune_ours_in_rounds
+
+    cfg, sizes, pipeline = ctx.cfg, ctx.sizes, ctx.pipeline
+    assert ctx.eval_set is not None, "run_arm_repeat: the context has no evaluation set"
+    say = say or (lambda msg: None)
+    # built before the task's seed, as before any task: deterministic, and they use no global random state
+    draws, scorers = ctx.draws()
+    source = pipeline.source_sampler()
+    # repeat k's seed is shared by every arm: the same prior draws (random-prior, the prior half of ours and
+    # mining), the same source images and fine-tuning order, the same dropout; ours-mesh draws ours' samples
+    s = cfg.seed + 10000 * rep
+    critic = copy.deepcopy(pipeline.critic)
+    ft_info: dict[str, Any] = {}
+    torch.manual_seed(s + 1000)
+    if name == "ours" and cfg.ours_rounds > 1:
+        say(f"arm 'ours' (repeat {rep + 1}/{sizes.repeats}): {cfg.ours_rounds} rounds of sampling and fine-tuning, "
+            f"{sizes.finetune_images} images in all")
+        ft_info = finetune_ours_in_rounds(pipeline, critic, draws[name], sizes, cfg, s, 0, say)
+    elif name != "pretrained":
+        say(f"arm '{name}' (repeat {rep + 1}/{sizes.repeats}): drawing {sizes.finetune_images} fine-tuning images, fine-tuning")
+        with torch.no_grad():
+            batches, ft_info = draw_finetune_set(pipeline, draws[name], sizes.finetune_images, sizes.finetune_batch,
+                                                 cfg.finetune, seed=s + 100, score=scorers.get(name))
+        stats = finetune_critic(critic, batches * sizes.finetune_epochs, cfg.finetune, source=source, seed=s)
+        ft_info.update(stats.as_dict())
+    return {**evaluate_critic_on(critic, ctx.eval_set), "finetune": ft_info, "seed": s}
+
+
+def timed_arm_repeat(ctx: ArmContext, task: Task, say: Optional[Say] = None) -> tuple[dict[str, Any], float]:
+    """:func:`run_arm_repeat` of ``task = (name, rep)`` and its wall time in seconds (a Ray task's ``work``)."""
+    t = time.time()
+    run = run_arm_repeat(ctx, task[0], task[1], say)
+    return run, time.time() - t
+
+
+def eval_set_digest(eval_set: "EvalSet") -> str:
+    """SHA-256 (hex) of an evaluation set: every batch's clip, images, boxes, ground truth and frame / view indices
+    (exact bytes), the categories, view names and elevation labels. Equal digests: the same evaluation."""
+    h = hashlib.sha256()
+    h.update(repr((sorted(eval_set.categories.items()), list(eval_set.view_names), list(eval_set.elevations))).encode())
+    for b in eval_set.batches:
+        h.update(repr((b.clip, b.root)).encode())
+        for x in (b.images, b.boxes, b.gt, b.frame_index, b.view_index):
+            if x is None:
+                h.update(b"-")
+                continue
+            x = x.detach().cpu().contiguous()
+            h.update(f"{x.dtype}{tuple(x.shape)}".encode())
+            h.update(x.numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_arm_worker(ctx: ArmContext) -> ArmContext:
+    """What a Ray worker builds once (:func:`posegen_ns.engine.run_tasks`'s ``load``): ``ctx`` (from the driver,
+    :meth:`ArmContext.for_workers`) with the evaluation set rendered here
+    (:func:`~posegen_ns.experiment.build_eval_set`), checked against the driver's digest.
+
+    Raises:
+        PoseGenInputError: this worker's evaluation images differ from the driver's.
+    """
+    from posegen_ns.experiment import build_eval_set
+
+    eval_set = build_eval_set(ctx.pipeline, ctx.cfg, ctx.sizes)
+    if ctx.eval_digest is not None and eval_set_digest(eval_set) != ctx.eval_digest:
+        raise PoseGenInputError(
+            "this worker renders other evaluation images than the driver (another kind of machine or device, another "
+            "torch, or other --eval-poses files at the same path?); run the workers on machines like the driver's, "
+            "or use --engine local."
+        )
+    return dataclasses.replace(ctx, eval_set=eval_set)
+
+
+def run_arms(ctx: ArmContext, say: Optional[Say] = None) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
+    """Every arm x repeat of the experiment (:func:`arm_tasks`) on ``ctx.cfg.engine``: ``"local"`` runs them here one
+    after the other (the order of :func:`arm_tasks`, printing each arm's line with ``say``); ``"ray"`` as Ray tasks
+    on ``ctx.cfg.num_workers`` workers (default :func:`posegen_ns.engine.default_num_workers`) with one progress bar
+    (module docstring).
+
+    Returns:
+        ``(runs, seconds)``: ``runs[arm]`` the :func:`run_arm_repeat` results of the arm in repeat order (arms in
+        :data:`~posegen_ns.experiment.ARMS` order), ``seconds[arm]`` the sum of its tasks' wall times.
+
+    Raises:
+        posegen_ns.engine.WorkerError: a Ray task failed (the message names the worker, the arm and the repeat).
+        PoseGenInputError: bad input found by a task (on Ray: with the worker, the arm and the repeat named).
+    """
+    cfg, sizes = ctx.cfg, ctx.sizes
+    tasks = arm_tasks(tuple(cfg.arms), sizes.repeats)
+    if cfg.engine == "ray":
+        from posegen_ns.engine import ray_session, run_tasks
+
+        with ray_session(cfg.num_workers):
+            done = run_tasks(functools.partial(load_arm_worker, ctx.for_workers()), timed_arm_repeat, tasks,
+                             [task_label(t, sizes.repeats) for t in tasks], num_workers=cfg.num_workers,
+                             description="fine-tuning and evaluating arms", suffix="tasks/s",
+                             use_gpus=str(cfg.device).startswith("cuda"))
+    else:
+        done = [timed_arm_repeat(ctx, t, say) for t in tasks]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    seconds: dict[str, float] = {}
+    for (name, _), (run, sec) in zip(tasks, done):
+        runs.setdefault(name, []).append(run)
+        seconds[name] = seconds.get(name, 0.0) + sec
+    return runs, seconds
