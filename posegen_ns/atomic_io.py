@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,6 +53,38 @@ def fsync_dir(folder: Path | str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextmanager
+def atomic_dir(output_dir: Path | str, overwrite: bool = False, flag: str = "output folder") -> Iterator[Path]:
+    """A folder written as a whole: yields a new temporary sibling ``.NAME.tmp-<hex>`` of ``output_dir`` to fill;
+    on a clean exit of the ``with`` block it is ``fsync``-ed and renamed to ``output_dir`` (an existing one is
+    moved aside first and removed only once the new one is in place, so a kill leaves the old folder or the new
+    one, never a half-written one); on an error the temporary folder is removed and the error re-raised.
+
+    Raises:
+        PoseGenInputError: ``output_dir`` exists and ``overwrite`` is False (the message names ``flag``).
+    """
+    out = Path(output_dir).expanduser()
+    if out.exists() and not overwrite:
+        raise PoseGenInputError(f"{flag} {out} already exists; pass --overwrite (overwrite=True) or choose another folder.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @contextmanager

@@ -230,7 +230,7 @@ class ExperimentConfig(ExperimentSizes):
     """Seed of sampling, fine-tuning and training."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     """Torch device."""
-    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(lr=1e-4, lr_schedule="cosine", max_grad_norm=20.0))
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(lr=1e-4))
     """Fine-tuning recipe shared by every arm (learning rate, source mixing, outlier filter)."""
     arms: tuple[str, ...] = ARMS
     """Arms to run, a subset of pretrained, random-prior, posegen-released, ours (each arm's result does not depend on the others)."""

@@ -132,3 +132,24 @@ def test_remove_stale_temporaries_spares_other_files(tmp_path):
     (tmp_path / "images" / f".a.png{TEMP_MARK}123-abcd").write_bytes(b"half")
     assert remove_stale_temporaries(tmp_path) == 1
     assert all(p.exists() for p in keep) and len(list((tmp_path / "images").iterdir())) == 1
+
+
+def test_atomic_dir_publishes_a_whole_folder_or_nothing(tmp_path):
+    out = tmp_path / "capture"
+    with atomic_io.atomic_dir(out) as tmp:
+        assert tmp.parent == tmp_path and TEMP_MARK in tmp.name and not out.exists()
+        write_text(tmp / "a.txt", "one")
+    assert (out / "a.txt").read_text() == "one" and _temporaries(tmp_path) == []
+    with pytest.raises(PoseGenInputError, match="--output-dir .* already exists"):
+        with atomic_io.atomic_dir(out, flag="--output-dir"):
+            pass
+    # an error inside the block: the old folder is intact, the temporary gone
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_io.atomic_dir(out, overwrite=True) as tmp:
+            write_text(tmp / "b.txt", "two")
+            raise RuntimeError("disk full")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"] and list(tmp_path.iterdir()) == [out]
+    # overwrite replaces the old folder as a whole
+    with atomic_io.atomic_dir(out, overwrite=True) as tmp:
+        write_text(tmp / "b.txt", "two")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"] and list(tmp_path.iterdir()) == [out]

@@ -27,9 +27,6 @@ below both readers.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from posegen_ns.atomic_io import fsync_dir, save_npz, write_json
+from posegen_ns.atomic_io import atomic_dir, save_npz, write_json
 from posegen_ns.data.capture_data import SPLITS, Capture, check_finite_rows, read_image, write_png
 from posegen_ns.errors import PoseGenInputError, require_folder
 
@@ -91,42 +88,31 @@ def write_capture(capture: Capture, output_dir: Path | str, overwrite: bool = Fa
     """
     out = Path(output_dir).expanduser()
     capture.validate(source=f"capture to write to {out}")
-    if out.exists() and not overwrite:
-        raise PoseGenInputError(f"Output folder {out} already exists; pass overwrite=True (--overwrite) or choose another folder.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
-        images = capture.images.cpu().numpy()
-        masks = capture.masks.cpu().numpy().astype(np.uint8) * 255
-        jobs = []
-        for c, cam in enumerate(capture.camera_names):
-            (tmp / "images" / cam).mkdir(parents=True)
-            (tmp / "masks" / cam).mkdir(parents=True)
-            for i in range(capture.num_frames):
-                jobs.append((_frame_file(tmp, "images", cam, i), images[i, c]))
-                jobs.append((_frame_file(tmp, "masks", cam, i), masks[i, c]))
-        with ThreadPoolExecutor(_IO_THREADS) as pool:
-            for _ in pool.map(lambda job: write_png(*job), jobs):
-                pass
-        save_npz(
-            tmp / "body_params.npz",
-            {k: getattr(capture, k).detach().cpu().numpy().astype(np.float32) for k in (*_BODY_PARAM_KEYS, "betas")},
-        )
-        write_json(tmp / "capture.json", capture_json(capture))
-        fsync_dir(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_dir(out, overwrite, flag="Output folder") as tmp:
+        write_capture_files(capture, tmp)
     return out
+
+
+def write_capture_files(capture: Capture, folder: Path) -> None:
+    """Write ``capture``'s files (module docstring) into the existing, empty ``folder`` (no atomicity of its own:
+    callers write into a temporary folder, :func:`posegen_ns.atomic_io.atomic_dir`, as :func:`write_capture` does)."""
+    images = capture.images.cpu().numpy()
+    masks = capture.masks.cpu().numpy().astype(np.uint8) * 255
+    jobs = []
+    for c, cam in enumerate(capture.camera_names):
+        (folder / "images" / cam).mkdir(parents=True)
+        (folder / "masks" / cam).mkdir(parents=True)
+        for i in range(capture.num_frames):
+            jobs.append((_frame_file(folder, "images", cam, i), images[i, c]))
+            jobs.append((_frame_file(folder, "masks", cam, i), masks[i, c]))
+    with ThreadPoolExecutor(_IO_THREADS) as pool:
+        for _ in pool.map(lambda job: write_png(*job), jobs):
+            pass
+    save_npz(
+        folder / "body_params.npz",
+        {k: getattr(capture, k).detach().cpu().numpy().astype(np.float32) for k in (*_BODY_PARAM_KEYS, "betas")},
+    )
+    write_json(folder / "capture.json", capture_json(capture))
 
 
 # ---- reading --------------------------------------------------------------------------------------
@@ -253,7 +239,11 @@ def _read_capture_json(root: Path) -> dict[str, Any]:
 def _read_body_params(root: Path, num_frames: int, meta: dict[str, Any]) -> dict[str, Tensor]:
     path = root / "body_params.npz"
     if not path.is_file():
-        raise PoseGenInputError(f"{path} does not exist; it must hold global_orient (T, 3), body_pose (T, 69), transl (T, 3), betas (nb,).")
+        raise PoseGenInputError(
+            f"{path} does not exist; it must hold global_orient (T, 3), body_pose (T, 69), transl (T, 3), betas (nb,). "
+            f"For a person you filmed (images and cameras, no body parameters), fit them from 2D keypoints with: "
+            f"ns-posegen-fit --input {root} --output-dir CAPTURE, then use --data CAPTURE."
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
