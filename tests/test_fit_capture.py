@@ -268,6 +268,15 @@ def test_cli_writes_a_capture_that_round_trips(tmp_path, body):
         main(FitCaptureConfig(input=src, output_dir=out, keypoints=tmp_path / "keypoints.npz", body="tiny", quiet=True))
 
 
+def test_a_minimal_folder_without_body_parameters_names_the_fit_command(tmp_path, body):
+    """A folder with images and a minimal capture.json (cameras only) fails in read_capture's json check: the error
+    still says which command fits the body parameters."""
+    src = tmp_path / "in"
+    write_input_folder(src, body, num_frames=1, num_cameras=1)
+    with pytest.raises(PoseGenInputError, match=r"no body_params.npz.*ns-posegen-fit --input .*in --output-dir CAPTURE"):
+        read_capture(src)
+
+
 def test_cli_with_masks_and_critic_start(tmp_path, body):
     """A native folder (frames, masks) and the critic's start (a randomly initialised HMR critic on the tiny body:
     the mechanics, not its accuracy)."""

@@ -204,9 +204,15 @@ def _read_capture_json(root: Path) -> dict[str, Any]:
         raise PoseGenInputError(f"{path} is not valid JSON ({exc}).") from exc
     if not isinstance(meta, dict):
         raise PoseGenInputError(f"{path} must hold a JSON object.")
-    for key in ("version", "body", "width", "height", "cameras", "frames"):
-        if key not in meta:
-            raise PoseGenInputError(f"{path} lacks the field '{key}'.")
+    missing = [key for key in ("version", "body", "width", "height", "cameras", "frames") if key not in meta]
+    if missing and not (root / "body_params.npz").is_file() and (root / "images").is_dir():
+        raise PoseGenInputError(
+            f"{path} lacks the field(s) {', '.join(map(repr, missing))} and {root} has no body_params.npz: this looks like "
+            f"images and cameras without body parameters. Fit them from 2D keypoints with: ns-posegen-fit --input {root} "
+            f"--output-dir CAPTURE, then use --data CAPTURE."
+        )
+    for key in missing:
+        raise PoseGenInputError(f"{path} lacks the field '{key}'.")
     if meta["version"] != CAPTURE_VERSION:
         raise PoseGenInputError(f"{path}: field 'version' is {meta['version']!r}; this reader knows version {CAPTURE_VERSION}.")
     for key in ("width", "height"):
