@@ -4,16 +4,16 @@ Ray tasks (``--engine ray [--num-workers N]``, :mod:`posegen_ns.engine`).
 One task is one arm x repeat (:func:`run_arm_repeat`): copy the pre-trained critic, draw the arm's fine-tuning set,
 fine-tune the copy, evaluate it on the pre-rendered evaluation set. Every task reads an :class:`ArmContext` (the
 trained pipeline, the released-style GAN's sampler, the evaluation set, the config and sizes) and leaves it as it
-found it. :func:`run_arms` runs the tasks in the experiment's order (arms in :data:`~posegen_ns.experiment.ARMS`
+found it. :func:`run_arms` runs the tasks in the experiment's order (arms in :data:`~posegen_ns.experiment_arms.ARMS`
 order, repeats inside) and hands back each arm's runs in repeat order, whichever engine ran them.
 
 **Order independence** (why a task's result does not depend on which tasks ran before it, or where):
 
 - Seeds: repeat ``k``'s seed ``s = seed + 10000 k`` is shared by every arm. A task seeds everything it uses
   itself: ``torch.manual_seed(s + 1000)`` (dropout and any other use of torch's global generator) right before its
-  first random operation, the drawing generator ``s + 100`` (:func:`~posegen_ns.experiment.draw_finetune_set`), the
+  first random operation, the drawing generator ``s + 100`` (:func:`~posegen_ns.experiment_arms.draw_finetune_set`), the
   fine-tuning order and source images ``s`` (:func:`~posegen_ns.critic.finetune.finetune_critic`), the rounds of
-  ours ``s + 31 r`` and ``s + 100 + 7 r`` (:func:`~posegen_ns.experiment.finetune_ours_in_rounds`). What a task
+  ours ``s + 31 r`` and ``s + 100 + 7 r`` (:func:`~posegen_ns.experiment_arms.finetune_ours_in_rounds`). What a task
   builds before that seed (the critic copy, the draws, the cached source set) is deterministic and uses no global
   random state.
 - State: the draws (prior, released GAN, mining, ours, the mesh scorer) are stateless closures over the pipeline
@@ -27,7 +27,7 @@ order, repeats inside) and hands back each arm's runs in repeat order, whichever
 object store (:func:`posegen_ns.engine.run_tasks` puts a large ``load`` there; a restarted worker fetches it again)
 *without* the evaluation images (thousands of float images: 0.4 GB at the ``cpu`` preset, 6 GB at ``gpu``): each
 worker renders them again (:func:`load_arm_worker`, the same deterministic mesh renders,
-:func:`~posegen_ns.experiment.build_eval_set`) and checks them against the driver's digest
+:func:`~posegen_ns.experiment_arms.build_eval_set`) and checks them against the driver's digest
 (:func:`eval_set_digest`); a node that renders different images is refused. ``--eval-poses`` must therefore be
 readable at the same path on every node (as the export's run folder). Each worker computes with the driver's
 torch thread count (:mod:`posegen_ns.engine`), holds one pipeline and one evaluation set, and runs one task at a
@@ -58,9 +58,13 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from posegen_ns.errors import PoseGenInputError
+from posegen_ns.experiment_arms import (
+    ARMS, EvalSet, build_eval_set, draw_finetune_set, evaluate_critic_on, finetune_ours_in_rounds, mesh_scorer,
+    mining_draw, mixed_draw,
+)
 
-if TYPE_CHECKING:
-    from posegen_ns.experiment import EvalSet, ExperimentConfig, ExperimentSizes
+if TYPE_CHECKING:  # annotations only
+    from posegen_ns.experiment import ExperimentConfig, ExperimentSizes
 
 Say = Callable[[str], None]
 Task = tuple[str, int]
@@ -102,10 +106,9 @@ def arm_draws(pipeline: Any, released: Optional[Callable[..., Any]], cfg: "Exper
               ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each arm's draw and renderer (module docstring of :mod:`posegen_ns.experiment`): ``random-prior`` prior
     poses with uniform cameras, ``posegen-released`` the released-style GAN, ``mining`` PoseSyn's error extraction
-    (:func:`~posegen_ns.experiment.mining_draw`), ``ours`` and ``ours-mesh`` our sampler mixed with the prior
-    (:func:`~posegen_ns.experiment.mixed_draw`); ``ours-mesh`` renders with the mesh
-    (:func:`~posegen_ns.experiment.mesh_scorer`). Returns ``(draws, scorers)``."""
-    from posegen_ns.experiment import mesh_scorer, mining_draw, mixed_draw
+    (:func:`~posegen_ns.experiment_arms.mining_draw`), ``ours`` and ``ours-mesh`` our sampler mixed with the prior
+    (:func:`~posegen_ns.experiment_arms.mixed_draw`); ``ours-mesh`` renders with the mesh
+    (:func:`~posegen_ns.experiment_arms.mesh_scorer`). Returns ``(draws, scorers)``."""
 
     draws = {
         "random-prior": lambda n, g: pipeline.draw(n, hard=False, noise=g),
@@ -118,9 +121,8 @@ def arm_draws(pipeline: Any, released: Optional[Callable[..., Any]], cfg: "Exper
 
 
 def arm_tasks(arms: tuple[str, ...], repeats: int) -> list[Task]:
-    """The experiment's tasks in order: the arms of ``arms`` in :data:`~posegen_ns.experiment.ARMS` order, each
+    """The experiment's tasks in order: the arms of ``arms`` in :data:`~posegen_ns.experiment_arms.ARMS` order, each
     ``repeats`` times (``pretrained`` once: the pre-trained critic is deterministic)."""
-    from posegen_ns.experiment import ARMS
 
     return [(name, rep) for name in ARMS if name in arms for rep in range(1 if name == "pretrained" else repeats)]
 
@@ -137,15 +139,14 @@ def run_arm_repeat(ctx: ArmContext, name: str, rep: int, say: Optional[Say] = No
     more than one) and evaluate it on ``ctx.eval_set``. Seeds and state: module docstring.
 
     Returns:
-        :func:`~posegen_ns.experiment.evaluate_critic_on`'s result with ``finetune`` (the drawing and fine-tuning
+        :func:`~posegen_ns.experiment_arms.evaluate_critic_on`'s result with ``finetune`` (the drawing and fine-tuning
         statistics) and ``seed`` (the repeat's seed), as :func:`~posegen_ns.experiment.summarise_repeats` reads it.
 
     Raises:
         PoseGenInputError: too few samples pass the outlier filter
-            (:func:`~posegen_ns.experiment.draw_finetune_set`).
+            (:func:`~posegen_ns.experiment_arms.draw_finetune_set`).
     """
     from posegen_ns.critic.finetune import finetune_critic
-    from posegen_ns.experiment import draw_finetune_set, evaluate_critic_on, finetune_ours_in_rounds
 
     cfg, sizes, pipeline = ctx.cfg, ctx.sizes, ctx.pipeline
     assert ctx.eval_set is not None, "run_arm_repeat: the context has no evaluation set"
@@ -200,12 +201,11 @@ def eval_set_digest(eval_set: "EvalSet") -> str:
 def load_arm_worker(ctx: ArmContext) -> ArmContext:
     """What a Ray worker builds once (:func:`posegen_ns.engine.run_tasks`'s ``load``): ``ctx`` (from the driver,
     :meth:`ArmContext.for_workers`) with the evaluation set rendered here
-    (:func:`~posegen_ns.experiment.build_eval_set`), checked against the driver's digest.
+    (:func:`~posegen_ns.experiment_arms.build_eval_set`), checked against the driver's digest.
 
     Raises:
         PoseGenInputError: this worker's evaluation images differ from the driver's.
     """
-    from posegen_ns.experiment import build_eval_set
 
     eval_set = build_eval_set(ctx.pipeline, ctx.cfg, ctx.sizes)
     if ctx.eval_digest is not None and eval_set_digest(eval_set) != ctx.eval_digest:
@@ -225,7 +225,7 @@ def run_arms(ctx: ArmContext, say: Optional[Say] = None) -> tuple[dict[str, list
 
     Returns:
         ``(runs, seconds)``: ``runs[arm]`` the :func:`run_arm_repeat` results of the arm in repeat order (arms in
-        :data:`~posegen_ns.experiment.ARMS` order), ``seconds[arm]`` the sum of its tasks' wall times.
+        :data:`~posegen_ns.experiment_arms.ARMS` order), ``seconds[arm]`` the sum of its tasks' wall times.
 
     Raises:
         posegen_ns.engine.WorkerError: a Ray task failed (the message names the worker, the arm and the repeat).
