@@ -36,8 +36,10 @@ elevation with intervals) and JSON (``DIR/experiment.json`` or ``--json``; schem
 
 Presets: ``tiny`` (tiny body; the tests' size), ``cpu`` (the evidence on a 2-core CPU), ``gpu`` (one GPU;
 ``full`` is its old name). Every size can be overridden on the command line. ``--load-config
-RUN/config.yml`` reuses a trained run; ``--relearn-steps N`` re-learns ours on it with ``--sampler.*``
-overrides (:class:`SamplerOverrides`); ``--ours-rounds`` gives ours PoseGen's alternation
+RUN/config.yml`` reuses a trained run; ours learns its sampler anew in every repeat (``--ours-sampler
+per-repeat``, the default, so its interval covers the sampler's training; ``shared``: the run's one sampler),
+``--relearn-steps N`` steps (default the preset's ``loop_steps``) with ``--sampler.*`` overrides
+(:class:`SamplerOverrides`); ``--ours-rounds`` gives ours PoseGen's alternation
 (:func:`finetune_ours_in_rounds`); ``--arms`` runs a subset. ``--engine ray [--num-workers N]`` runs every arm x
 repeat as a Ray task (:mod:`posegen_ns.experiment_tasks`: the same JSON as ``--engine local`` but ``timing_s``).
 """
@@ -61,7 +63,8 @@ from posegen_ns.labels import gt_from_camera_joints, critic_error
 from posegen_ns.critic.finetune import FinetuneConfig
 from posegen_ns.experiment_arms import (  # noqa: F401  (re-exported: the arms' pieces live in experiment_arms)
     ARMS, EVAL_SPLIT, SUBJECTS, UNSEEN_BETAS, EvalSet, build_eval_set, draw_finetune_set, eval_motions, eval_subject,
-    evaluate_critic_on, finetune_ours_in_rounds, mesh_scorer, mining_draw, mixed_draw, sampler_steps,
+    evaluate_critic_on, finetune_ours_in_rounds, mesh_scorer, mining_draw, mixed_draw, relearn_sampler, sampler_restored,
+    sampler_steps,
 )
 from posegen_ns.experiment_tasks import ArmContext, run_arms
 
@@ -234,7 +237,13 @@ class ExperimentConfig(ExperimentSizes):
     """Re-learn ours on the trained (or loaded) field: re-initialise the generator and discriminator and run this many
     sampler steps against the frozen pre-trained critic, with the ``--sampler.*`` overrides (default: keep the run's sampler)."""
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)
-    """Sampler settings for ``--relearn-steps`` (unset: the run's)."""
+    """Sampler settings ours re-learns with (per repeat, or once with ``--relearn-steps``; unset: the run's)."""
+    ours_sampler: Literal["per-repeat", "shared"] = "per-repeat"
+    """'per-repeat': every repeat of ours (and ours-mesh) learns its own sampler from scratch on the trained field
+    (fresh generator and discriminator, ``--relearn-steps`` or the preset's ``loop_steps`` sampler steps against the
+    pre-trained critic, seeded by the repeat), so ours' 95 % interval covers the sampler's training as well as the
+    drawing and the fine-tuning; 'shared': every repeat draws from the one sampler ``ns-train`` learned (or
+    ``--relearn-steps`` re-learned once), whose own training is then not repeated."""
     ours_rounds: int = 1
     """Split ours' fine-tuning images into this many rounds (PoseGen's alternation, as ``--pipeline.rounds`` does
     in ns-train): before each round after the first, the sampler learns ``--round-steps`` more steps against the
@@ -303,10 +312,10 @@ class ExperimentConfig(ExperimentSizes):
             raise PoseGenInputError(f"ns-posegen-experiment: --mining-factor must be >= 1 (got {self.mining_factor}).")
         if self.relearn_steps is not None and self.relearn_steps < 1:
             raise PoseGenInputError(f"ns-posegen-experiment: --relearn-steps must be >= 1 (got {self.relearn_steps}).")
-        if self.sampler.given() and self.relearn_steps is None:
+        if self.sampler.given() and self.relearn_steps is None and self.ours_sampler == "shared":
             raise PoseGenInputError(
                 f"ns-posegen-experiment: --sampler.* ({', '.join(self.sampler.given())}) takes effect by re-learning ours: "
-                "add --relearn-steps N."
+                "add --relearn-steps N, or use --ours-sampler per-repeat."
             )
         if not 0.0 <= self.ours_prior_fraction < 1.0:
             raise PoseGenInputError(f"ns-posegen-experiment: --ours-prior-fraction must be in [0, 1) (got {self.ours_prior_fraction}).")
@@ -487,31 +496,6 @@ def train_released_gan(pipeline: Any, steps: int, batch_size: int, seed: int = 0
     return sample
 
 
-def relearn_sampler(pipeline: Any, steps: int, overrides: Optional[SamplerOverrides] = None, seed: int = 0,
-                    lr: float = 1e-3) -> dict[str, Any]:
-    """Re-learn our sampler on the pipeline's trained field, without refitting the field: the run's
-    ``SamplerConfig`` with ``overrides`` applied becomes the pipeline's, the generator and discriminator
-    are re-initialised (:meth:`~posegen_ns.pipeline.PoseGenPipeline.make_sampler_networks`), the hardness
-    reference is reset, and ``steps`` phase-2 steps (:meth:`~posegen_ns.pipeline.PoseGenPipeline.loop_step`,
-    the same losses as ``ns-train``) run against the frozen critic with Adam at ``lr`` (``posegen-human``'s
-    generator and discriminator rate) on both networks.
-
-    Returns:
-        ``{"steps", "sampler": {overridden field: value}, "report": hardness_report()}`` (critic MPJPE in mm on
-        hard and prior samples, the hardness ratio, diversity and camera spreads after re-learning).
-    """
-    overrides = overrides or SamplerOverrides()
-    dev = pipeline.prior_body_pose.device
-    pipeline.config.sampler = overrides.apply(pipeline.config.sampler)
-    pipeline.ranges = pipeline.config.sampler.ranges()
-    torch.manual_seed(seed)
-    pipeline.generator, pipeline.discriminator = pipeline.make_sampler_networks(dev)
-    pipeline.pose_regions = pipeline.make_pose_regions()
-    pipeline.noise = torch.Generator().manual_seed(seed)
-    sampler_steps(pipeline, steps, lr)
-    return {"steps": steps, "sampler": overrides.given(), "report": pipeline.hardness_report()}
-
-
 # ---- the experiment ------------------------------------------------------------------------------
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     """Run the comparison (module docstring); print the table, write the plot and the JSON; return the results."""
@@ -550,7 +534,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         timing["released_gan"] = time.time() - t
 
     relearned = None
-    if cfg.relearn_steps is not None and "ours" in cfg.arms:
+    if cfg.ours_sampler == "per-repeat":  # every repeat of ours learns its own (posegen_ns.experiment_tasks)
+        relearned = {"per_repeat": True, "steps": cfg.relearn_steps or sizes.loop_steps, "sampler": cfg.sampler.given()}
+    elif cfg.relearn_steps is not None and "ours" in cfg.arms:
         t = time.time()
         say(f"re-learning our sampler ({cfg.relearn_steps} steps; overrides {cfg.sampler.given() or 'none'})")
         relearned = relearn_sampler(pipeline, cfg.relearn_steps, cfg.sampler, seed=cfg.seed)
@@ -585,7 +571,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                    "device": str(cfg.device), "seed": cfg.seed, "repeats": sizes.repeats, "ours_rounds": cfg.ours_rounds,
                    "round_steps": cfg.round_steps if cfg.ours_rounds > 1 else None, "arms": list(cfg.arms),
                    "relearn": relearned, "ours_prior_fraction": cfg.ours_prior_fraction,
-                   "sampler": jsonable(pipeline.config.sampler),
+                   "ours_sampler": cfg.ours_sampler,
+                   "sampler": jsonable(cfg.sampler.apply(pipeline.config.sampler) if cfg.ours_sampler == "per-repeat"
+                                       else pipeline.config.sampler),
                    "load_config": str(cfg.load_config) if cfg.load_config is not None else None},
         "timing_s": timing,
         "comparison": comparison(rows),

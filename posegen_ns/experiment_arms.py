@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,58 @@ SUBJECTS: tuple[str, ...] = ("capture", "unseen")
 """Evaluation subjects: the capture's person, and a person the field never saw (:func:`eval_subject`)."""
 UNSEEN_BETAS: tuple[float, ...] = (1.5, -1.0, 0.8, -0.6, 0.5)
 """Offset added to the capture's first betas for the unseen subject (another build); clothing seed 3."""
+
+
+SAMPLER_MODULES: tuple[str, ...] = ("generator", "discriminator", "pose_regions")
+"""The pipeline's learned sampler: the modules :func:`sampler_restored` puts back."""
+
+
+@contextmanager
+def sampler_restored(pipeline: Any) -> Iterator[None]:
+    """Leave ``pipeline``'s sampler as it was, whatever the block does to it (re-learning it from scratch,
+    :func:`relearn_sampler`; training it on, :func:`sampler_steps`): on exit the generator, discriminator and pose
+    regions (the same objects, their weights and statistics as on entry), the hardness reference, the sampler
+    settings and ranges, the drawing generator ``noise`` and the critic are put back, also when the block raises."""
+    objects = {k: getattr(pipeline, k) for k in (*SAMPLER_MODULES, "critic")}
+    states = {k: copy.deepcopy(objects[k].state_dict()) for k in SAMPLER_MODULES}
+    config, ranges, noise = pipeline.config.sampler, pipeline.ranges, pipeline.noise
+    reference = pipeline.reference_error.clone()
+    try:
+        yield
+    finally:
+        for k, obj in objects.items():
+            setattr(pipeline, k, obj)
+        for k, state in states.items():
+            objects[k].load_state_dict(state)
+        pipeline.config.sampler, pipeline.ranges, pipeline.noise = config, ranges, noise
+        pipeline.reference_error.copy_(reference)
+
+
+def relearn_sampler(pipeline: Any, steps: int, overrides: Any = None, seed: int = 0,
+                    lr: float = 1e-3) -> dict[str, Any]:
+    """Re-learn our sampler on the pipeline's trained field, without refitting the field: the run's
+    ``SamplerConfig`` with ``overrides`` (a :class:`~posegen_ns.experiment.SamplerOverrides`; None: none) applied
+    becomes the pipeline's, the generator and discriminator
+    are re-initialised (:meth:`~posegen_ns.pipeline.PoseGenPipeline.make_sampler_networks`), the hardness
+    reference is reset, and ``steps`` phase-2 steps (:meth:`~posegen_ns.pipeline.PoseGenPipeline.loop_step`,
+    the same losses as ``ns-train``) run against the frozen critic with Adam at ``lr`` (``posegen-human``'s
+    generator and discriminator rate) on both networks. Seeded by ``seed`` alone (torch's global generator for the
+    initial weights, ``pipeline.noise`` for the draws), so the same seed gives the same sampler.
+
+    Returns:
+        ``{"steps", "sampler": {overridden field: value}, "report": hardness_report()}`` (critic MPJPE in mm on
+        hard and prior samples, the hardness ratio, diversity and camera spreads after re-learning).
+    """
+    dev = pipeline.prior_body_pose.device
+    if overrides is not None:
+        pipeline.config.sampler = overrides.apply(pipeline.config.sampler)
+    pipeline.ranges = pipeline.config.sampler.ranges()
+    torch.manual_seed(seed)
+    pipeline.generator, pipeline.discriminator = pipeline.make_sampler_networks(dev)
+    pipeline.pose_regions = pipeline.make_pose_regions()
+    pipeline.noise = torch.Generator().manual_seed(seed)
+    sampler_steps(pipeline, steps, lr)
+    return {"steps": steps, "sampler": overrides.given() if overrides is not None else {}, "report": pipeline.hardness_report()}
 
 
 def sampler_steps(pipeline: Any, steps: int, lr: float = 1e-3) -> None:
@@ -77,12 +131,11 @@ def finetune_ours_in_rounds(pipeline: Any, critic: Any, draw: Any, sizes: "Exper
         ``rounds``: per round its images, the hardness report of the sampler against that round's critic (from
         round 2), and its drawing and fine-tuning statistics.
     """
-    saved = {k: copy.deepcopy(getattr(pipeline, k).state_dict()) for k in ("generator", "discriminator", "pose_regions")}
-    pretrained, noise, reference = pipeline.critic, pipeline.noise, pipeline.reference_error.clone()
+    pretrained = pipeline.critic
     parts = [sizes.finetune_images // cfg.ours_rounds] * cfg.ours_rounds
     parts[-1] += sizes.finetune_images - sum(parts)
     rounds: list[dict[str, Any]] = []
-    try:
+    with sampler_restored(pipeline):
         for r, n in enumerate(parts):
             row: dict[str, Any] = {"round": r + 1, "images": n}
             if r > 0:
@@ -100,11 +153,6 @@ def finetune_ours_in_rounds(pipeline: Any, critic: Any, draw: Any, sizes: "Exper
             stats = finetune_critic(critic, batches * sizes.finetune_epochs, cfg.finetune, source=pipeline.source_sampler(),
                                     seed=seed + r)
             rounds.append(row | {"draw": info, "finetune": stats.as_dict()})
-    finally:
-        pipeline.critic, pipeline.noise = pretrained, noise
-        pipeline.reference_error.copy_(reference)
-        for k, state in saved.items():
-            getattr(pipeline, k).load_state_dict(state)
     totals = {k: sum(r["finetune"][k] for r in rounds) for k in ("steps", "kept", "dropped", "source_images")}
     return {**totals, "drawn": sum(r["draw"]["drawn"] for r in rounds), "rounds": rounds}
 

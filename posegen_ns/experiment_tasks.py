@@ -46,6 +46,7 @@ refuse the evaluation set (above).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -59,8 +60,8 @@ import torch
 
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.experiment_arms import (
-    ARMS, EvalSet, build_eval_set, draw_finetune_set, evaluate_critic_on, finetune_ours_in_rounds, mesh_scorer,
-    mining_draw, mixed_draw,
+    ARMS, SAMPLER_MODULES, EvalSet, build_eval_set, draw_finetune_set, evaluate_critic_on, finetune_ours_in_rounds,
+    mesh_scorer, mining_draw, mixed_draw, relearn_sampler, sampler_restored,
 )
 
 if TYPE_CHECKING:  # annotations only
@@ -87,6 +88,8 @@ class ArmContext:
     eval_digest: Optional[str] = None
     """:func:`eval_set_digest` of the driver's evaluation set (set for the workers)."""
     _draws: Optional[tuple[dict[str, Any], dict[str, Any]]] = dataclasses.field(default=None, repr=False)
+    _repeat_samplers: dict[int, tuple[dict[str, Any], dict[str, Any]]] = dataclasses.field(default_factory=dict, repr=False)
+    """Per-repeat samplers learned in this process (``--ours-sampler per-repeat``): ``{rep: (states, info)}``."""
 
     def draws(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(draws, scorers)``: ``draws[arm](num, generator) -> PoseCameraSample`` and ``scorers[arm](sample) ->
@@ -99,7 +102,48 @@ class ArmContext:
         """A copy for Ray workers: no evaluation images (the workers render them, :func:`load_arm_worker`) but their
         digest, and no built draws (closures; each worker builds its own)."""
         assert self.eval_set is not None, "for_workers: the driver's evaluation set is needed for its digest"
-        return dataclasses.replace(self, eval_set=None, eval_digest=eval_set_digest(self.eval_set), _draws=None)
+        return dataclasses.replace(self, eval_set=None, eval_digest=eval_set_digest(self.eval_set), _draws=None,
+                                   _repeat_samplers={})
+
+    def use_repeat_sampler(self, rep: int) -> dict[str, Any]:
+        """Make ``pipeline``'s sampler repeat ``rep``'s own (``--ours-sampler per-repeat``): learned from scratch on
+        the trained field (:func:`~posegen_ns.experiment_arms.relearn_sampler`: ``--relearn-steps`` or the preset's
+        ``loop_steps`` steps, the ``--sampler.*`` overrides, seed :func:`repeat_sampler_seed`), or loaded from this
+        process's cache when ``ours`` or ``ours-mesh`` of the same repeat learned it already (the same seed gives
+        the same sampler, so caching changes no figure). Call it inside
+        :func:`~posegen_ns.experiment_arms.sampler_restored`.
+
+        Returns:
+            ``{"seed", "steps", "report"}``: the sampler's seed and steps, and its hardness report (critic MPJPE on
+            hard and prior samples in mm, the hardness ratio) right after learning.
+        """
+        pipeline, cfg = self.pipeline, self.cfg
+        if rep not in self._repeat_samplers:
+            seed = repeat_sampler_seed(cfg.seed, rep)
+            steps = cfg.relearn_steps or self.sizes.loop_steps
+            learned = relearn_sampler(pipeline, steps, cfg.sampler, seed=seed)
+            info = {"seed": seed, "steps": steps,
+                    "report": {k: v for k, v in learned["report"].items() if k.startswith(("mpjpe", "hardness"))}}
+            states = {k: copy.deepcopy(getattr(pipeline, k).state_dict()) for k in SAMPLER_MODULES}
+            self._repeat_samplers[rep] = (states | {"reference_error": pipeline.reference_error.clone()}, info)
+            return info
+        states, info = self._repeat_samplers[rep]
+        if cfg.sampler.given():
+            pipeline.config.sampler = cfg.sampler.apply(pipeline.config.sampler)
+            pipeline.ranges = pipeline.config.sampler.ranges()
+        pipeline.generator, pipeline.discriminator = pipeline.make_sampler_networks(pipeline.prior_body_pose.device)
+        pipeline.pose_regions = pipeline.make_pose_regions()
+        for k in SAMPLER_MODULES:
+            getattr(pipeline, k).load_state_dict(states[k])
+        pipeline.reference_error.copy_(states["reference_error"])
+        pipeline.noise = torch.Generator().manual_seed(info["seed"])
+        return info
+
+
+def repeat_sampler_seed(seed: int, rep: int) -> int:
+    """Seed of repeat ``rep``'s own sampler (``--ours-sampler per-repeat``): ``seed + 10000 rep + 500``, apart
+    from the repeat's drawing (``+ 100``), fine-tuning (``+ 0``) and global (``+ 1000``) seeds."""
+    return seed + 10000 * rep + 500
 
 
 def arm_draws(pipeline: Any, released: Optional[Callable[..., Any]], cfg: "ExperimentConfig"
@@ -146,9 +190,7 @@ def run_arm_repeat(ctx: ArmContext, name: str, rep: int, say: Optional[Say] = No
         PoseGenInputError: too few samples pass the outlier filter
             (:func:`~posegen_ns.experiment_arms.draw_finetune_set`).
     """
-    from posegen_ns.critic.finetune import finetune_critic
-
-    cfg, sizes, pipeline = ctx.cfg, ctx.sizes, ctx.pipeline
+    cfg, pipeline = ctx.cfg, ctx.pipeline
     assert ctx.eval_set is not None, "run_arm_repeat: the context has no evaluation set"
     say = say or (lambda msg: None)
     # built before the task's seed, as before any task: deterministic, and they use no global random state
@@ -158,8 +200,24 @@ def run_arm_repeat(ctx: ArmContext, name: str, rep: int, say: Optional[Say] = No
     # mining), the same source images and fine-tuning order, the same dropout; ours-mesh draws ours' samples
     s = cfg.seed + 10000 * rep
     critic = copy.deepcopy(pipeline.critic)
+    per_repeat = name in ("ours", "ours-mesh") and cfg.ours_sampler == "per-repeat"
+    with sampler_restored(pipeline) if per_repeat else contextlib.nullcontext():
+        sampler = ctx.use_repeat_sampler(rep) if per_repeat else None
+        torch.manual_seed(s + 1000)
+        ft_info = _draw_and_finetune(ctx, critic, name, rep, s, draws, scorers, source, say)
+        if sampler is not None:
+            ft_info["sampler"] = sampler
+    return {**evaluate_critic_on(critic, ctx.eval_set), "finetune": ft_info, "seed": s}
+
+
+def _draw_and_finetune(ctx: ArmContext, critic: Any, name: str, rep: int, s: int, draws: dict[str, Any],
+                       scorers: dict[str, Any], source: Any, say: Say) -> dict[str, Any]:
+    """The body of :func:`run_arm_repeat` after the seeds: draw arm ``name``'s fine-tuning set from the pipeline as
+    it is now and fine-tune ``critic`` on it (in rounds for ours with ``--ours-rounds`` > 1); the statistics."""
+    from posegen_ns.critic.finetune import finetune_critic
+
+    cfg, sizes, pipeline = ctx.cfg, ctx.sizes, ctx.pipeline
     ft_info: dict[str, Any] = {}
-    torch.manual_seed(s + 1000)
     if name == "ours" and cfg.ours_rounds > 1:
         say(f"arm 'ours' (repeat {rep + 1}/{sizes.repeats}): {cfg.ours_rounds} rounds of sampling and fine-tuning, "
             f"{sizes.finetune_images} images in all")
@@ -171,7 +229,7 @@ def run_arm_repeat(ctx: ArmContext, name: str, rep: int, say: Optional[Say] = No
                                                  cfg.finetune, seed=s + 100, score=scorers.get(name))
         stats = finetune_critic(critic, batches * sizes.finetune_epochs, cfg.finetune, source=source, seed=s)
         ft_info.update(stats.as_dict())
-    return {**evaluate_critic_on(critic, ctx.eval_set), "finetune": ft_info, "seed": s}
+    return ft_info
 
 
 def timed_arm_repeat(ctx: ArmContext, task: Task, say: Optional[Say] = None) -> tuple[dict[str, Any], float]:

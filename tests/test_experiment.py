@@ -149,7 +149,8 @@ def test_relearn_ours_with_sampler_overrides(results):
 
     cfg = ExperimentConfig(
         preset="tiny", output_dir=root / "relearn", load_config=config, eval_poses=root / "eval_poses", device="cpu",
-        arms=("pretrained", "ours"), relearn_steps=2, sampler=SamplerOverrides(max_residual=0.2), ours_prior_fraction=0.5, repeats=2,
+        arms=("pretrained", "ours"), relearn_steps=2, ours_sampler="shared", sampler=SamplerOverrides(max_residual=0.2),
+        ours_prior_fraction=0.5, repeats=2,
         sampler_batch=2, finetune_images=2, finetune_batch=2, finetune_epochs=1, eval_max_frames=1, eval_cameras=2,
         eval_elevations=(0.0,), eval_resolution=32,
     )
@@ -172,7 +173,8 @@ def test_bad_options_are_refused():
 
     assert {f for f in SamplerOverrides.__dataclass_fields__} <= set(SamplerConfig.__dataclass_fields__)
     with pytest.raises(PoseGenInputError, match="--relearn-steps"):
-        ExperimentConfig(sampler=SamplerOverrides(target_ratio=1.5)).sizes()
+        ExperimentConfig(ours_sampler="shared", sampler=SamplerOverrides(target_ratio=1.5)).sizes()
+    ExperimentConfig(sampler=SamplerOverrides(target_ratio=1.5)).sizes()  # per-repeat (default) re-learns with them
     with pytest.raises(PoseGenInputError, match="--arms"):
         ExperimentConfig(arms=("ours", "theirs")).sizes()
     with pytest.raises(PoseGenInputError, match="--ours-prior-fraction"):
@@ -330,3 +332,55 @@ def test_too_strict_filter_names_the_fix():
         draw_finetune_set(FakePipeline(), lambda n, g: n, 4, 2, FinetuneConfig(max_error_mm=600.0), max_tries=2)
     batches, info = draw_finetune_set(FakePipeline(), lambda n, g: n, 4, 2, FinetuneConfig(max_error_mm=3000.0))
     assert [b["images"].shape for b in batches] == [(2, 3, 16, 16)] * 2 and info["kept"] == 4 and info["drawn"] == 4
+
+
+def test_ours_sampler_per_repeat(results):
+    """--ours-sampler per-repeat: each repeat of ours learns its own sampler (seeded by the repeat), the pipeline's
+    sampler is put back afterwards (also after an error), and the per-process cache gives the same sampler as
+    learning it again."""
+    import posegen_ns.experiment as exp
+    from posegen_ns.experiment_arms import sampler_restored
+    from posegen_ns.experiment_tasks import ArmContext, repeat_sampler_seed
+
+    root, _ = results
+    config = next((root / "run" / "ns-train").rglob("config.yml"))
+    pipeline = exp.load_trained_pipeline(config)
+    cfg = ExperimentConfig(preset="tiny", device="cpu", loop_steps=3, sampler_batch=2)
+    ctx = ArmContext(pipeline, cfg, cfg.sizes())
+    before = {k: v.clone() for k, v in pipeline.generator.state_dict().items()}
+    generator, regions, noise = pipeline.generator, pipeline.pose_regions, pipeline.noise
+
+    def drawn() -> torch.Tensor:
+        s = pipeline.draw(4, hard=True, noise=torch.Generator().manual_seed(5))
+        return torch.cat([s.body_pose, s.camera], -1)
+
+    def unchanged() -> None:
+        assert pipeline.generator is generator and pipeline.pose_regions is regions and pipeline.noise is noise
+        assert all(torch.equal(before[k], v) for k, v in pipeline.generator.state_dict().items())
+
+    original = drawn()
+    with sampler_restored(pipeline):
+        info0 = ctx.use_repeat_sampler(0)
+        draw0 = drawn()
+    unchanged()
+    with sampler_restored(pipeline):
+        info1 = ctx.use_repeat_sampler(1)
+        draw1 = drawn()
+    unchanged()
+    assert (info0["seed"], info1["seed"]) == (repeat_sampler_seed(0, 0), repeat_sampler_seed(0, 1)) == (500, 10500)
+    assert info0["steps"] == 3 and info0["report"]["hardness_ratio"] > 0
+    assert not torch.equal(draw0, draw1) and not torch.equal(draw0, original)
+    assert torch.equal(drawn(), original)
+    with sampler_restored(pipeline):  # from the cache
+        assert ctx.use_repeat_sampler(0) == info0
+        assert torch.equal(drawn(), draw0)
+    fresh = ArmContext(pipeline, cfg, cfg.sizes())
+    with sampler_restored(pipeline):  # learned again in another context (another Ray worker): the same sampler
+        fresh.use_repeat_sampler(0)
+        assert torch.equal(drawn(), draw0)
+    with pytest.raises(RuntimeError, match="boom"):
+        with sampler_restored(pipeline):
+            ctx.use_repeat_sampler(1)
+            raise RuntimeError("boom")
+    unchanged()
+    assert torch.equal(drawn(), original)
