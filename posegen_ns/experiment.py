@@ -188,6 +188,8 @@ class SamplerOverrides:
     """Share of hard draws with a uniform region."""
     region_shrink_count: Optional[float] = None
     """Pseudo-samples at the mean error each region's error is shrunk with."""
+    mirror_fraction: Optional[float] = None
+    """Share of hard draws replaced by their left-right mirror image (both sides of the body)."""
     elevation_range: Optional[tuple[float, float]] = None
     """Camera elevation range (radians) of both the prior's uniform cameras and ours."""
     distance_range: Optional[tuple[float, float]] = None

@@ -114,8 +114,9 @@ class ArmContext:
         :func:`~posegen_ns.experiment_arms.sampler_restored`.
 
         Returns:
-            ``{"seed", "steps", "report"}``: the sampler's seed and steps, and its hardness report (critic MPJPE on
-            hard and prior samples in mm, the hardness ratio) right after learning.
+            ``{"seed", "steps", "report"}``: the sampler's seed and steps, and its hardness report right after learning
+            (:meth:`~posegen_ns.pipeline.PoseGenPipeline.hardness_report`: critic MPJPE on hard and prior samples in
+            mm, the hardness ratio, pose diversity and camera spreads).
         """
         pipeline, cfg = self.pipeline, self.cfg
         if rep not in self._repeat_samplers:
@@ -123,7 +124,7 @@ class ArmContext:
             steps = cfg.relearn_steps or self.sizes.loop_steps
             learned = relearn_sampler(pipeline, steps, cfg.sampler, seed=seed)
             info = {"seed": seed, "steps": steps,
-                    "report": {k: v for k, v in learned["report"].items() if k.startswith(("mpjpe", "hardness"))}}
+                    "report": learned["report"]}
             states = {k: copy.deepcopy(getattr(pipeline, k).state_dict()) for k in SAMPLER_MODULES}
             self._repeat_samplers[rep] = (states | {"reference_error": pipeline.reference_error.clone()}, info)
             return info

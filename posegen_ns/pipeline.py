@@ -45,6 +45,7 @@ from posegen_ns.labels import SampleBatch, concat_samples, framing_focal, orbit_
 from posegen_ns.metrics import circular_spread
 from posegen_ns.model import PoseGenHumanModelConfig
 from posegen_ns.sampler.config import SamplerConfig
+from posegen_ns.sampler.mirror import mirror_samples
 from posegen_ns.sampler import (
     CameraRanges,
     HardPoseGenerator,
@@ -217,6 +218,14 @@ class PoseGenPipeline(VanillaPipeline):
         """A freshly initialised generator and discriminator as ``config.sampler`` describes them, on ``device``
         (``ns-posegen-experiment --relearn-steps`` re-learns the sampler with them)."""
         s = self.config.sampler
+        if not 0.0 <= s.mirror_fraction <= 1.0:
+            raise PoseGenInputError(f"--pipeline.sampler.mirror-fraction must be in [0, 1] (got {s.mirror_fraction}).")
+        if s.mirror_fraction > 0 and any(abs(lo + hi) > 1e-6 for lo, hi in (s.azimuth_range, s.roll_range)):
+            raise PoseGenInputError(
+                f"--pipeline.sampler.mirror-fraction {s.mirror_fraction} negates the camera azimuth and roll: their ranges "
+                f"must be symmetric about 0 (got azimuth {tuple(s.azimuth_range)}, roll {tuple(s.roll_range)}); "
+                "widen them or pass --pipeline.sampler.mirror-fraction 0."
+            )
         gen = HardPoseGenerator(s.noise_dim, s.hidden, s.max_residual, self.ranges, min_camera_std=s.min_camera_std,
                                 max_camera_mean=s.max_camera_mean, max_camera_std=s.max_camera_std,
                                 min_azimuth_std=s.min_azimuth_std, max_azimuth_std=s.max_azimuth_std)
@@ -265,7 +274,8 @@ class PoseGenPipeline(VanillaPipeline):
                              self.base_focal * cam["focal_scale"], W, H, roll=cam["roll"])
 
     def draw(self, num: int, hard: bool, noise: Optional[torch.Generator] = None, paired: bool = False) -> PoseCameraSample:
-        """Draw (pose, camera) samples: from the generator (``hard``) or from the prior (real mocap
+        """Draw (pose, camera) samples: from the generator (``hard``; a ``sampler.mirror_fraction`` share of them
+        mirrored left-right, :func:`~posegen_ns.sampler.mirror.mirror_samples`) or from the prior (real mocap
         poses, cameras uniform in the ranges). Differentiable in the generator's parameters.
         ``paired``: the second half of the batch reuses the first half's real poses (with other noise)."""
         noise = noise or self.noise
@@ -282,6 +292,8 @@ class PoseGenPipeline(VanillaPipeline):
             z = torch.randn(num, self.config.sampler.noise_dim, generator=noise).to(dev)
             sample = self.generator(pose, orient, z)
             sample.noise, sample.prior_index = z, idx
+            if self.config.sampler.mirror_fraction > 0:  # posegen_ns.sampler.mirror: both sides of the body
+                sample = mirror_samples(sample, torch.rand(num, generator=noise) < self.config.sampler.mirror_fraction)
             return sample
         return PoseCameraSample(body_pose=pose, global_orient=orient, camera=self.ranges.sample_uniform(num, noise).to(dev),
                                 prior_index=idx)

@@ -58,6 +58,10 @@ class SamplerConfig:
     region_shrink_count: float = 8.0
     """Pseudo-samples at the mean error that each region's error is shrunk with before the choice (a region scored
     a few times cannot take a large share of draws on a noisy figure; 0: no shrinkage)."""
+    mirror_fraction: float = 0.0
+    """Share of hard draws replaced by their left-right mirror image (:mod:`posegen_ns.sampler.mirror`: pose mirrored,
+    camera azimuth and roll negated), so a camera distribution that settled on one side of the body covers both
+    (0: none; needs azimuth and roll ranges symmetric about 0)."""
     reference_momentum: float = 0.9
     """Momentum of the running critic error on prior samples (the hardness reference)."""
     prior_stride: int = 4
