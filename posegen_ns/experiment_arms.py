@@ -8,7 +8,7 @@ them; :mod:`posegen_ns.experiment` builds the run around them and re-exports the
 - The evaluation: :func:`eval_motions`, :func:`eval_subject`, :class:`EvalSet`, :func:`build_eval_set`,
   :func:`evaluate_critic_on`.
 
-Data flow: ``experiment`` -> ``experiment_tasks`` -> ``experiment_arms`` (this module imports neither).
+Data flow: ``experiment`` -> ``experiment_tasks`` -> ``experiment_arms`` -> ``experiment_config`` (the options).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -26,12 +26,8 @@ from posegen_ns.critic.finetune import FinetuneConfig, FinetuneStats, batch_from
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.labels import concat_samples
 
-if TYPE_CHECKING:  # annotations only
-    from posegen_ns.experiment import ExperimentConfig, ExperimentSizes
+from posegen_ns.experiment_config import ExperimentConfig, ExperimentSizes
 
-ARMS: tuple[str, ...] = ("pretrained", "random-prior", "posegen-released", "mining", "ours", "ours-mesh")
-"""Row names of the comparison, in order (``ours-mesh`` is a diagnostic row: ours' samples rendered by the mesh
-renderer instead of the field, so ``ours - ours-mesh`` is what the field's render error costs)."""
 EVAL_SPLIT = "eval"
 """Split of the shipped pose bank evaluated on by default (motions no arm and no critic ever sees)."""
 SUBJECTS: tuple[str, ...] = ("capture", "unseen")
@@ -117,7 +113,7 @@ def sampler_steps(pipeline: Any, steps: int, lr: float = 1e-3) -> None:
             p.requires_grad_(False)
 
 
-def finetune_ours_in_rounds(pipeline: Any, critic: Any, draw: Any, sizes: "ExperimentSizes", cfg: "ExperimentConfig",
+def finetune_ours_in_rounds(pipeline: Any, critic: Any, draw: Any, sizes: ExperimentSizes, cfg: ExperimentConfig,
                             seed: int, arm_index: int, say: Any = None) -> dict[str, Any]:
     """Ours with PoseGen's alternation, inside the experiment's image budget: ``sizes.finetune_images`` are split
     into ``cfg.ours_rounds`` equal parts; part 1 is drawn from the sampler as it is, each later part after

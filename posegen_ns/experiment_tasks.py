@@ -4,7 +4,7 @@ Ray tasks (``--engine ray [--num-workers N]``, :mod:`posegen_ns.engine`).
 One task is one arm x repeat (:func:`run_arm_repeat`): copy the pre-trained critic, draw the arm's fine-tuning set,
 fine-tune the copy, evaluate it on the pre-rendered evaluation set. Every task reads an :class:`ArmContext` (the
 trained pipeline, the released-style GAN's sampler, the evaluation set, the config and sizes) and leaves it as it
-found it. :func:`run_arms` runs the tasks in the experiment's order (arms in :data:`~posegen_ns.experiment_arms.ARMS`
+found it. :func:`run_arms` runs the tasks in the experiment's order (arms in :data:`~posegen_ns.experiment_config.ARMS`
 order, repeats inside) and hands back each arm's runs in repeat order, whichever engine ran them.
 
 **Order independence** (why a task's result does not depend on which tasks ran before it, or where):
@@ -54,18 +54,17 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
 
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.experiment_arms import (
-    ARMS, SAMPLER_MODULES, EvalSet, build_eval_set, draw_finetune_set, evaluate_critic_on, finetune_ours_in_rounds,
+    SAMPLER_MODULES, EvalSet, build_eval_set, draw_finetune_set, evaluate_critic_on, finetune_ours_in_rounds,
     mesh_scorer, mining_draw, mixed_draw, relearn_sampler, sampler_restored,
 )
 
-if TYPE_CHECKING:  # annotations only
-    from posegen_ns.experiment import ExperimentConfig, ExperimentSizes
+from posegen_ns.experiment_config import ARMS, ExperimentConfig, ExperimentSizes
 
 Say = Callable[[str], None]
 Task = tuple[str, int]
@@ -81,8 +80,8 @@ class ArmContext:
     sizes of the experiment."""
 
     pipeline: Any
-    cfg: "ExperimentConfig"
-    sizes: "ExperimentSizes"
+    cfg: ExperimentConfig
+    sizes: ExperimentSizes
     released: Optional[Callable[..., Any]] = None
     eval_set: Optional["EvalSet"] = None
     eval_digest: Optional[str] = None
@@ -147,7 +146,7 @@ def repeat_sampler_seed(seed: int, rep: int) -> int:
     return seed + 10000 * rep + 500
 
 
-def arm_draws(pipeline: Any, released: Optional[Callable[..., Any]], cfg: "ExperimentConfig"
+def arm_draws(pipeline: Any, released: Optional[Callable[..., Any]], cfg: ExperimentConfig
               ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each arm's draw and renderer (module docstring of :mod:`posegen_ns.experiment`): ``random-prior`` prior
     poses with uniform cameras, ``posegen-released`` the released-style GAN, ``mining`` PoseSyn's error extraction
@@ -166,7 +165,7 @@ def arm_draws(pipeline: Any, released: Optional[Callable[..., Any]], cfg: "Exper
 
 
 def arm_tasks(arms: tuple[str, ...], repeats: int) -> list[Task]:
-    """The experiment's tasks in order: the arms of ``arms`` in :data:`~posegen_ns.experiment_arms.ARMS` order, each
+    """The experiment's tasks in order: the arms of ``arms`` in :data:`~posegen_ns.experiment_config.ARMS` order, each
     ``repeats`` times (``pretrained`` once: the pre-trained critic is deterministic)."""
 
     return [(name, rep) for name in ARMS if name in arms for rep in range(1 if name == "pretrained" else repeats)]
@@ -284,7 +283,7 @@ def run_arms(ctx: ArmContext, say: Optional[Say] = None) -> tuple[dict[str, list
 
     Returns:
         ``(runs, seconds)``: ``runs[arm]`` the :func:`run_arm_repeat` results of the arm in repeat order (arms in
-        :data:`~posegen_ns.experiment_arms.ARMS` order), ``seconds[arm]`` the sum of its tasks' wall times.
+        :data:`~posegen_ns.experiment_config.ARMS` order), ``seconds[arm]`` the sum of its tasks' wall times.
 
     Raises:
         posegen_ns.engine.WorkerError: a Ray task failed (the message names the worker, the arm and the repeat).
