@@ -24,8 +24,31 @@ SPLITS = ("train", "heldout")
 """Split of each capture frame: fitted on, or held out to measure the field."""
 
 
+class ImageGridSizes:
+    """``num_frames``, ``num_cameras``, ``height``, ``width`` (pixels) of a capture's ``images (T, C, H, W, 3)``,
+    for :class:`Capture` and the fit's unfitted capture (:class:`posegen_ns.fit.capture_io.UnfittedCapture`)."""
+
+    images: Tensor
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_cameras(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.images.shape[2])
+
+    @property
+    def width(self) -> int:
+        return int(self.images.shape[3])
+
+
 @dataclass
-class Capture:
+class Capture(ImageGridSizes):
     """One person, T frames, C calibrated cameras (see the module docstring for conventions).
 
     Attributes:
@@ -61,22 +84,6 @@ class Capture:
     body: str
     camera_names: list[str]
     root: Path | None = field(default=None)
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def num_cameras(self) -> int:
-        return int(self.images.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.images.shape[2])
-
-    @property
-    def width(self) -> int:
-        return int(self.images.shape[3])
 
     def select(self, frame_indices: Sequence[int] | Tensor) -> "Capture":
         """A capture with only the given frames (same cameras), in the given order."""

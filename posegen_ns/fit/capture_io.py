@@ -35,7 +35,7 @@ from torch import Tensor
 
 from posegen_ns.atomic_io import atomic_dir, save_npz, write_json
 from posegen_ns.data.capture import write_capture_files
-from posegen_ns.data.capture_data import SPLITS, Capture, check_cameras, read_image
+from posegen_ns.data.capture_data import SPLITS, Capture, ImageGridSizes, check_cameras, read_image
 from posegen_ns.errors import PoseGenInputError, require_folder
 from posegen_ns.geometry import intrinsics_from_fov
 
@@ -45,7 +45,7 @@ _FRAME_FILE = re.compile(r"^(\d{6})\.png$")
 
 
 @dataclass
-class UnfittedCapture:
+class UnfittedCapture(ImageGridSizes):
     """What ``ns-posegen-fit`` reads: T frames, C cameras, H x W images (conventions of :class:`Capture`)."""
 
     images: Tensor  # (T, C, H, W, 3) uint8
@@ -59,22 +59,6 @@ class UnfittedCapture:
     split: list[str]
     body: Optional[str]  # the body named in capture.json, if any
     root: Path
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def num_cameras(self) -> int:
-        return int(self.images.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.images.shape[2])
-
-    @property
-    def width(self) -> int:
-        return int(self.images.shape[3])
 
 
 def _matrix(value: Any, shape: tuple[int, ...], where: str) -> Tensor:
