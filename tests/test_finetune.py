@@ -236,3 +236,44 @@ def test_cosine_schedule_and_gradient_clipping_by_hand(critic, source):
         FinetuneConfig(lr_schedule="step")
     with pytest.raises(PoseGenInputError, match="max_grad_norm"):
         FinetuneConfig(max_grad_norm=0.0)
+
+
+class _SnapshotAdam(torch.optim.Adam):
+    """Adam that keeps a copy of every parameter after each step."""
+
+    def __init__(self, params, **kw):
+        super().__init__(params, **kw)
+        self.snapshots: list[list[torch.Tensor]] = []
+
+    def step(self, closure=None):
+        out = super().step(closure)
+        self.snapshots.append([p.detach().clone() for g in self.param_groups for p in g["params"]])
+        return out
+
+
+def test_tail_averaging_ends_with_the_mean_of_the_last_steps_weights(critic, source):
+    batches = [source(2, torch.Generator().manual_seed(i)) for i in range(5)]
+    for b in batches:
+        b["error"] = torch.full((2,), 0.2)
+    params = list(critic.parameters())
+    bn_before = _bn_stats(critic)
+    opt = _SnapshotAdam(params, lr=1e-3)
+    # 5 steps, average_tail 0.5: ceil(2.5) = 3 -> the mean of the weights after steps 3, 4, 5
+    finetune_critic(critic, batches, FinetuneConfig(lr=1e-3, source_fraction=0.0, average_tail=0.5), optimizer=opt)
+    assert len(opt.snapshots) == 5
+    for j, p in enumerate(params):
+        expected = (opt.snapshots[2][j] + opt.snapshots[3][j] + opt.snapshots[4][j]) / 3
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6)
+    # the last step's weights differ from the mean (the averaging did something), BatchNorm statistics untouched
+    assert not torch.allclose(params[0].detach(), opt.snapshots[4][0])
+    for k, v in _bn_stats(critic).items():
+        assert torch.equal(v, bn_before[k]), k
+    # average_tail 1.0 averages every step; a stream has no length to take a share of
+    critic2 = build_hmr_critic("resnet18", 32, "tiny")
+    opt2 = _SnapshotAdam(list(critic2.parameters()), lr=1e-3)
+    finetune_critic(critic2, batches[:2], FinetuneConfig(lr=1e-3, source_fraction=0.0, average_tail=1.0), optimizer=opt2)
+    torch.testing.assert_close(next(critic2.parameters()).detach(), (opt2.snapshots[0][0] + opt2.snapshots[1][0]) / 2)
+    with pytest.raises(PoseGenInputError, match="list of batches"):
+        finetune_critic(critic, iter(batches), FinetuneConfig(average_tail=0.5))
+    with pytest.raises(PoseGenInputError, match="average_tail"):
+        FinetuneConfig(average_tail=1.5)
