@@ -4,7 +4,8 @@ them; :mod:`posegen_ns.experiment` builds the run around them and re-exports the
 - Drawing each arm's fine-tuning set: :func:`mixed_draw` (ours, and the prior mixing of every hard arm),
   :func:`mining_draw` (PoseSyn's error extraction), :func:`mesh_scorer` (``ours-mesh``: the mesh renderer instead
   of the field), :func:`draw_finetune_set` (render, label and filter until the budget is met).
-- Ours with PoseGen's alternation: :func:`sampler_steps`, :func:`finetune_ours_in_rounds`.
+- Ours with PoseGen's alternation: :func:`sampler_steps` (bit-reproducible on the CPU, :func:`deterministic_on_cpu`),
+  :func:`finetune_ours_in_rounds`.
 - The evaluation: :func:`eval_motions`, :func:`eval_subject`, :class:`EvalSet`, :func:`build_eval_set`,
   :func:`evaluate_critic_on`.
 
@@ -61,6 +62,30 @@ def sampler_restored(pipeline: Any) -> Iterator[None]:
         pipeline.reference_error.copy_(reference)
 
 
+@contextmanager
+def deterministic_on_cpu(device: Any) -> Iterator[None]:
+    """Torch's deterministic algorithms inside the block when ``device`` is the CPU (``warn_only``: an op without one
+    warns instead of failing); torch's setting before the block is put back on exit, also when the block raises.
+
+    Why: on more than one intra-op thread, torch's CPU ``index_put_(..., accumulate=True)`` (the backward of indexing
+    with an index tensor, ``x[idx]``, which the sampler's losses reach through the renderer and the body model) adds the
+    rows in whatever order the threads run, so the same sampler steps give gradients that differ in the last bits from
+    run to run, and tens of Adam steps grow that into another sampler (``--ours-sampler per-repeat``: 1 to 8 mm
+    of the fine-tuned critic's MPJPE between a Ray worker and the driver at the tiny preset). The deterministic mode
+    adds them in index order, at no measurable cost here (2.7 s per tiny-preset re-learning on 2 threads either way). On CUDA
+    nothing changes (torch's indexing backward and gsplat's add atomically there, and cuBLAS would want
+    ``CUBLAS_WORKSPACE_CONFIG``)."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 def relearn_sampler(pipeline: Any, steps: int, overrides: Any = None, seed: int = 0,
                     lr: float = 1e-3) -> dict[str, Any]:
     """Re-learn our sampler on the pipeline's trained field, without refitting the field: the run's
@@ -92,7 +117,9 @@ def sampler_steps(pipeline: Any, steps: int, lr: float = 1e-3) -> None:
     """Run ``steps`` phase-2 steps of our sampler (:meth:`~posegen_ns.pipeline.PoseGenPipeline.loop_step`)
     against ``pipeline.critic`` (frozen, eval mode), continuing from the current generator and discriminator
     with a fresh Adam at ``lr``; the hardness reference (the critic's running error on prior samples) restarts
-    from this critic. Every parameter is left frozen."""
+    from this critic. Every parameter is left frozen. On the CPU the steps compute with torch's deterministic
+    algorithms (:func:`deterministic_on_cpu`), so the same seed gives the same sampler bit for bit in any process (a Ray
+    worker, the driver) with the same torch thread count."""
     pipeline.reference_error.fill_(float("nan"))
     for p in pipeline.parameters():
         p.requires_grad_(False)
@@ -102,11 +129,12 @@ def sampler_steps(pipeline: Any, steps: int, lr: float = 1e-3) -> None:
     opt = torch.optim.Adam([*pipeline.generator.parameters(), *pipeline.discriminator.parameters()], lr=lr, eps=1e-15)
     pipeline.train()
     try:
-        for _ in range(steps):
-            _, losses, _ = pipeline.loop_step()
-            opt.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()  # the generator's terms do not reach the discriminator and vice versa
-            opt.step()
+        with deterministic_on_cpu(pipeline.prior_body_pose.device):
+            for _ in range(steps):
+                _, losses, _ = pipeline.loop_step()
+                opt.zero_grad(set_to_none=True)
+                sum(losses.values()).backward()  # the generator's terms do not reach the discriminator and vice versa
+                opt.step()
     finally:
         pipeline.eval()
         for p in pipeline.parameters():

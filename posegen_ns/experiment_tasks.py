@@ -20,6 +20,12 @@ order, repeats inside) and hands back each arm's runs in repeat order, whichever
   and always get the task's generator (never ``pipeline.noise``); the critic is a fresh copy; the source set is
   rendered once (seeded) and read-only. Ours with rounds trains the pipeline's sampler in place and restores the
   generator, discriminator, pose regions, hardness reference and critic afterwards (also when it fails).
+- Threads: the sampler's steps (a repeat's own sampler, ``--ours-sampler per-repeat``; ours' rounds) compute with
+  torch's deterministic algorithms on the CPU (:func:`~posegen_ns.experiment_arms.deterministic_on_cpu`): on two or
+  more threads torch's CPU ``index_put_(accumulate=True)``, the backward of ``x[idx]`` in the renderer and the body
+  model, otherwise adds in a thread-dependent order, and the per-repeat samplers, hence ours' rows, differed between
+  a Ray worker and the driver by 1 to 8 mm (stop 19), as between two local runs. The thread count itself must match
+  (:mod:`posegen_ns.engine` gives the workers the driver's).
 - So the local figures of a given seed are those of the loop this module replaced (same operations in the same
   order inside each task), and a Ray worker that runs tasks in another order, or after a restart, gives the same.
 
@@ -36,16 +42,13 @@ time; the driver shows one progress bar over all tasks. A task's error stops the
 arm and the repeat; a worker process that dies is restarted and its tasks run again (a task has no side effect
 outside its worker).
 
-**Known gap (stop 19):** with ``--ours-sampler per-repeat`` (the default) the Ray run's ours rows differed from the
-local ones by about 1 mm in the tests (a per-repeat sampler learned on a worker is not yet bit-identical to the one
-learned in the driver; cause not found); the statement below holds for ``--ours-sampler shared`` and every other arm.
-
 **Same JSON.** On the same kind of machine the results JSON of ``--engine ray`` equals ``--engine local``'s for the
 same seeds, every figure bit for bit (the tests check the rows to 1e-5), except ``timing_s``: its wall times differ
 from run to run anyway, and ``arm_<name>`` is the sum of the arm's task times on whichever worker ran them (with
 the local engine: the arm's time in this process), so with several workers the arms' times add up to more than
 ``total``. Across kinds of machine (a CPU driver with GPU workers) renders differ in the last bits and the workers
-refuse the evaluation set (above).
+refuse the evaluation set (above). On CUDA the sampler's steps keep their atomic adds (torch's indexing backward,
+gsplat's), so there ours' rows need not be bit-identical run to run (not checked on a GPU).
 """
 
 from __future__ import annotations

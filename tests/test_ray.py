@@ -167,14 +167,13 @@ EXPERIMENT_ARMS = ("pretrained", "random-prior", "posegen-released", "ours")
 
 def _experiment_config(run_config: Path, out: Path, **extra):
     """The tiny preset cut to seconds per task, on the module's trained run (no training): 4 arms (the released GAN's
-    sampler travels to the workers; ours in 2 rounds trains the sampler in place and restores it), 2 repeats.
-    Ours draws from the run's one sampler (``--ours-sampler shared``): with a sampler per repeat the Ray workers' ours
-    differed from the local one by about 1 mm (stop 19, not yet understood; README "Scaling out")."""
+    sampler travels to the workers; ours learns its own sampler in each repeat, ``--ours-sampler per-repeat``, then
+    trains it on in 2 rounds and restores it), 2 repeats."""
     from posegen_ns.experiment import ExperimentConfig
 
     return ExperimentConfig(
         preset="tiny", output_dir=out, load_config=run_config, device="cpu", arms=EXPERIMENT_ARMS, repeats=2,
-        ours_rounds=2, round_steps=1, ours_sampler="shared", gan_steps=2, sampler_batch=2, finetune_images=4, finetune_batch=2,
+        ours_rounds=2, round_steps=1, gan_steps=2, sampler_batch=2, finetune_images=4, finetune_batch=2,
         finetune_epochs=1, eval_max_frames=1, eval_cameras=2, eval_elevations=(0.0,), eval_resolution=32, **extra,
     )
 
@@ -220,6 +219,7 @@ def test_ray_experiment_gives_the_local_json(run_config, local_experiment, tmp_p
     assert [r["name"] for r in on_ray["rows"]] == list(EXPERIMENT_ARMS)
     ours = on_ray["rows"][-1]
     assert ours["repeats"] == 2 and [len(r["finetune"]["rounds"]) for r in ours["per_repeat"]] == [2, 2]
+    assert [r["finetune"]["sampler"]["seed"] for r in ours["per_repeat"]] == [500, 10500]  # a sampler per repeat
     for r_local, r_ray in zip(local["rows"], on_ray["rows"]):
         _assert_close(r_local["mpjpe_mm_per_repeat"], r_ray["mpjpe_mm_per_repeat"], r_ray["name"])
     assert sorted(on_ray["timing_s"]) == sorted(local["timing_s"])
