@@ -64,7 +64,7 @@ from posegen_ns.experiment_config import (  # noqa: F401  (re-exported: the opti
 )
 from posegen_ns.experiment_arms import (  # noqa: F401  (re-exported: the arms' pieces live in experiment_arms)
     EVAL_SPLIT, SUBJECTS, UNSEEN_BETAS, EvalSet, build_eval_set, draw_finetune_set, eval_motions, eval_subject,
-    evaluate_critic_on, finetune_ours_in_rounds, mesh_scorer, mining_draw, mixed_draw, relearn_sampler, sampler_restored,
+    deterministic_on_cpu, evaluate_critic_on, finetune_ours_in_rounds, mesh_scorer, mining_draw, mixed_draw, relearn_sampler, sampler_restored,
     sampler_steps,
 )
 from posegen_ns.experiment_tasks import ArmContext, run_arms
@@ -219,28 +219,29 @@ def train_released_gan(pipeline: Any, steps: int, batch_size: int, seed: int = 0
 
     for p in pipeline.parameters():
         p.requires_grad_(False)
-    for _ in range(steps):
-        s = draw(batch_size, noise)
-        with torch.no_grad():  # label-only feedback: render and predict without a graph
-            scored = pipeline.render_and_score(PoseCameraSample(s.body_pose.detach(), s.global_orient.detach(), s.camera))
-        betas = scored.betas
-        out = body(s.body_pose, s.global_orient, betas, scored.transl)
-        _, j_h36m_cam = project_points(out.joints_h36m, scored.K, scored.R, scored.t)
-        _, j_smpl_cam = project_points(out.joints, scored.K, scored.R, scored.t)
-        gt = gt_from_camera_joints(pipeline.critic.joint_set, j_h36m_cam, j_smpl_cam)
-        err = critic_error(scored.pred_joints.detach(), gt, pipeline.critic.joint_set)
-        feedback = (1.0 - err).nanmean()
-        fake_logits = disc(s.body_pose)
-        adv = bce(fake_logits, torch.ones_like(fake_logits))
-        opt_g.zero_grad(set_to_none=True)
-        (feedback + adversarial_weight * adv).backward()
-        opt_g.step()
-        idx = torch.randint(N, (batch_size * 4,), generator=noise).to(dev)
-        real, fake = disc(pipeline.prior_body_pose[idx]), disc(s.body_pose.detach())
-        d_loss = bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake))
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+    with deterministic_on_cpu(dev):  # the same GAN in every run on several threads (deterministic_on_cpu)
+        for _ in range(steps):
+            s = draw(batch_size, noise)
+            with torch.no_grad():  # label-only feedback: render and predict without a graph
+                scored = pipeline.render_and_score(PoseCameraSample(s.body_pose.detach(), s.global_orient.detach(), s.camera))
+            betas = scored.betas
+            out = body(s.body_pose, s.global_orient, betas, scored.transl)
+            _, j_h36m_cam = project_points(out.joints_h36m, scored.K, scored.R, scored.t)
+            _, j_smpl_cam = project_points(out.joints, scored.K, scored.R, scored.t)
+            gt = gt_from_camera_joints(pipeline.critic.joint_set, j_h36m_cam, j_smpl_cam)
+            err = critic_error(scored.pred_joints.detach(), gt, pipeline.critic.joint_set)
+            feedback = (1.0 - err).nanmean()
+            fake_logits = disc(s.body_pose)
+            adv = bce(fake_logits, torch.ones_like(fake_logits))
+            opt_g.zero_grad(set_to_none=True)
+            (feedback + adversarial_weight * adv).backward()
+            opt_g.step()
+            idx = torch.randint(N, (batch_size * 4,), generator=noise).to(dev)
+            real, fake = disc(pipeline.prior_body_pose[idx]), disc(s.body_pose.detach())
+            d_loss = bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
     gen.eval()
 
     def sample(num: int, g: torch.Generator) -> PoseCameraSample:

@@ -205,8 +205,8 @@ class ExperimentConfig(ExperimentSizes):
     sampler, as PoseAug trains on original and augmented poses together; 0 = hard samples only (measured worse)."""
     engine: Engine = "local"
     """'local' (this process) or 'ray': every arm x repeat a Ray task on the RAY_ADDRESS cluster, else a local Ray
-    (:mod:`posegen_ns.experiment_tasks`); the same JSON for the same seeds except timing_s (with ``--ours-sampler
-    shared``; per-repeat samplers learned on workers differ slightly, a known gap)."""
+    (:mod:`posegen_ns.experiment_tasks`); the same JSON for the same seeds except timing_s, on the CPU (the sampler's
+    steps compute with torch's deterministic algorithms there, :func:`~posegen_ns.experiment_arms.deterministic_on_cpu`)."""
     num_workers: Optional[int] = None
     """--engine ray: workers; default one per GPU of the cluster (with a cuda --device), else one per
     torch.get_num_threads() CPUs."""
