@@ -63,9 +63,9 @@ from posegen_ns.experiment_config import (  # noqa: F401  (re-exported: the opti
     ARMS, PRESETS, ExperimentConfig, ExperimentSizes, SamplerOverrides,
 )
 from posegen_ns.experiment_arms import (  # noqa: F401  (re-exported: the arms' pieces live in experiment_arms)
-    EVAL_SPLIT, SUBJECTS, UNSEEN_BETAS, EvalSet, build_eval_set, draw_finetune_set, eval_motions, eval_subject,
-    deterministic_on_cpu, evaluate_critic_on, finetune_ours_in_rounds, mesh_scorer, mining_draw, mixed_draw, relearn_sampler, sampler_restored,
-    sampler_steps,
+    EVAL_SPLIT, SUBJECTS, UNSEEN_BETAS, EvalSet, build_eval_set, deterministic_on_cpu, draw_finetune_set, eval_motions,
+    eval_subject, evaluate_critic_on, finetune_ours_in_rounds, mesh_scorer, mining_draw, mixed_draw, relearn_sampler,
+    sampler_restored, sampler_steps,
 )
 from posegen_ns.experiment_tasks import ArmContext, run_arms
 

@@ -72,8 +72,8 @@ def deterministic_on_cpu(device: Any) -> Iterator[None]:
     rows in whatever order the threads run, so the same sampler steps give gradients that differ in the last bits from
     run to run, and tens of Adam steps grow that into another sampler (``--ours-sampler per-repeat``: 1 to 8 mm
     of the fine-tuned critic's MPJPE between a Ray worker and the driver at the tiny preset). The deterministic mode
-    adds them in index order, at no measurable cost here (2.7 s per tiny-preset re-learning on 2 threads either way). On CUDA
-    nothing changes (torch's indexing backward and gsplat's add atomically there, and cuBLAS would want
+    adds them in index order, at no measurable cost here (2.7 s per tiny-preset re-learning on 2 threads either way).
+    On CUDA nothing changes (torch's indexing backward and gsplat's add atomically there, and cuBLAS would want
     ``CUBLAS_WORKSPACE_CONFIG``)."""
     if torch.device(device).type != "cpu":
         yield

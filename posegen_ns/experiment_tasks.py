@@ -20,9 +20,9 @@ order, repeats inside) and hands back each arm's runs in repeat order, whichever
   and always get the task's generator (never ``pipeline.noise``); the critic is a fresh copy; the source set is
   rendered once (seeded) and read-only. Ours with rounds trains the pipeline's sampler in place and restores the
   generator, discriminator, pose regions, hardness reference and critic afterwards (also when it fails).
-- Threads: the sampler's steps (a repeat's own sampler, ``--ours-sampler per-repeat``; ours' rounds) compute with
-  torch's deterministic algorithms on the CPU (:func:`~posegen_ns.experiment_arms.deterministic_on_cpu`): on two or
-  more threads torch's CPU ``index_put_(accumulate=True)``, the backward of ``x[idx]`` in the renderer and the body
+- Threads: the sampler's steps (a repeat's own sampler, ``--ours-sampler per-repeat``; ours' rounds; the released
+  GAN's training) compute with torch's deterministic algorithms on the CPU
+  (:func:`~posegen_ns.experiment_arms.deterministic_on_cpu`): on two or more threads torch's CPU ``index_put_(accumulate=True)``, the backward of ``x[idx]`` in the renderer and the body
   model, otherwise adds in a thread-dependent order, and the per-repeat samplers, hence ours' rows, differed between
   a Ray worker and the driver by 1 to 8 mm (stop 19), as between two local runs. The thread count itself must match
   (:mod:`posegen_ns.engine` gives the workers the driver's).
