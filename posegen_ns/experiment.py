@@ -65,7 +65,7 @@ from posegen_ns.experiment_config import (  # noqa: F401  (re-exported: the opti
 from posegen_ns.experiment_arms import (  # noqa: F401  (re-exported: the arms' pieces live in experiment_arms)
     EVAL_SPLIT, SUBJECTS, UNSEEN_BETAS, EvalSet, build_eval_set, deterministic_on_cpu, draw_finetune_set, eval_motions,
     eval_subject, evaluate_critic_on, finetune_ours_in_rounds, mesh_scorer, mining_draw, mixed_draw, relearn_sampler,
-    sampler_restored, sampler_steps,
+    sampler_restored, sampler_steps, use_camera_ranges,
 )
 from posegen_ns.experiment_tasks import ArmContext, run_arms
 
@@ -281,6 +281,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         pipeline = train_pipeline(cfg, sizes, capture)
         timing["field_and_sampler"] = time.time() - t
 
+    use_camera_ranges(pipeline, cfg.sampler)  # --sampler.*-range: the camera space of every arm, not only ours
     released = None
     if "posegen-released" in cfg.arms:  # before any re-learning: the released GAN keeps the run's sampler settings
         t = time.time()

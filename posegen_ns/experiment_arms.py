@@ -86,6 +86,26 @@ def deterministic_on_cpu(device: Any) -> Iterator[None]:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
+def use_camera_ranges(pipeline: Any, overrides: Any) -> dict[str, Any]:
+    """Make the camera ranges set in ``overrides`` (a :class:`~posegen_ns.experiment_config.SamplerOverrides`:
+    ``--sampler.elevation-range``, ``--sampler.distance-range``, ``--sampler.roll-range``) the pipeline's own, so
+    that every arm draws its cameras in the same space: random-prior's and mining's uniform cameras, the
+    released-style GAN's fixed camera (clamped into it), ours' prior half and ours' learned cameras. Without this,
+    a per-repeat sampler (:meth:`~posegen_ns.experiment_tasks.ArmContext.use_repeat_sampler`) would use them only
+    inside ours' draws, and ``random-prior`` would be compared in another camera space.
+
+    Returns:
+        ``{field: value}`` of the ranges applied (empty: the pipeline is left as it is).
+    """
+    ranges = overrides.camera_ranges() if overrides is not None else {}
+    if ranges:
+        import dataclasses
+
+        pipeline.config.sampler = dataclasses.replace(pipeline.config.sampler, **ranges)
+        pipeline.ranges = pipeline.config.sampler.ranges()
+    return ranges
+
+
 def relearn_sampler(pipeline: Any, steps: int, overrides: Any = None, seed: int = 0,
                     lr: float = 1e-3) -> dict[str, Any]:
     """Re-learn our sampler on the pipeline's trained field, without refitting the field: the run's

@@ -96,6 +96,11 @@ PRESETS: dict[str, ExperimentSizes] = {
 PRESETS["full"] = PRESETS["gpu"]  # the name before the cpu preset existed
 
 
+CAMERA_RANGE_FIELDS: tuple[str, ...] = ("elevation_range", "distance_range", "roll_range")
+""":class:`SamplerOverrides` fields that set the camera space of every arm (random-prior's uniform cameras, mining's,
+ours' prior half and ours' learned cameras), not only ours' sampler."""
+
+
 @dataclass
 class SamplerOverrides:
     """Settings of our sampler to re-learn it with (``--relearn-steps``); unset fields keep the run's
@@ -139,10 +144,17 @@ class SamplerOverrides:
     """Camera elevation range (radians) of both the prior's uniform cameras and ours."""
     distance_range: Optional[tuple[float, float]] = None
     """Camera distance range (metres) of both the prior's uniform cameras and ours."""
+    roll_range: Optional[tuple[float, float]] = None
+    """Camera roll range (radians, about the optical axis) of both the prior's uniform cameras and ours."""
 
     def given(self) -> dict[str, Any]:
         """``{field: value}`` of the fields that are set."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def camera_ranges(self) -> dict[str, Any]:
+        """``{field: value}`` of the set camera ranges (:data:`CAMERA_RANGE_FIELDS`): the camera space every arm
+        draws in, not only ours (:func:`posegen_ns.experiment_arms.use_camera_ranges`)."""
+        return {k: v for k, v in self.given().items() if k in CAMERA_RANGE_FIELDS}
 
     def apply(self, sampler: Any) -> Any:
         """A copy of ``sampler`` (a ``SamplerConfig``) with the set fields replaced."""

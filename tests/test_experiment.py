@@ -167,6 +167,40 @@ def test_relearn_ours_with_sampler_overrides(results):
     assert out["comparison"][0]["vs"] == "pretrained" and out["comparison"][0]["n"] == 2
 
 
+def test_camera_range_overrides_reach_every_arm(results):
+    """--sampler.elevation-range / --sampler.roll-range set the camera space of every arm: after
+    use_camera_ranges the prior's uniform cameras (random-prior, mining, ours' prior half) lie in the new ranges
+    and fill them, a per-repeat sampler learns in them, and overrides without a range leave the pipeline alone."""
+    import posegen_ns.experiment as exp
+    from posegen_ns.experiment import SamplerOverrides, use_camera_ranges
+    from posegen_ns.experiment_arms import mining_draw, sampler_restored
+    from posegen_ns.experiment_tasks import ArmContext
+    from posegen_ns.sampler import CameraRanges
+
+    root, _ = results
+    config = next((root / "run" / "ns-train").rglob("config.yml"))
+    pipeline = exp.load_trained_pipeline(config)
+    before = pipeline.config.sampler
+    assert use_camera_ranges(pipeline, SamplerOverrides(max_residual=0.2)) == {} and pipeline.config.sampler is before
+    assert before.roll_range == (-0.3, 0.3)
+    applied = use_camera_ranges(pipeline, SamplerOverrides(max_residual=0.2, roll_range=(-1.5, 1.5),
+                                                           elevation_range=(0.1, 0.2)))
+    assert applied == {"roll_range": (-1.5, 1.5), "elevation_range": (0.1, 0.2)}
+    assert pipeline.config.sampler.max_residual == before.max_residual  # only the ranges
+    g = torch.Generator().manual_seed(0)
+    for cams in (pipeline.draw(64, hard=False, noise=g).camera, mining_draw(pipeline, 2, 0.5)(8, g).camera):
+        c = CameraRanges.unpack(cams)
+        assert float(c["roll"].abs().max()) <= 1.5 + 1e-6 and float(c["elevation"].min()) >= 0.1 - 1e-6
+        assert float(c["elevation"].max()) <= 0.2 + 1e-6
+    assert float(CameraRanges.unpack(pipeline.draw(64, hard=False, noise=g).camera)["roll"].abs().max()) > 0.3
+    cfg = ExperimentConfig(preset="tiny", device="cpu", loop_steps=1, sampler_batch=2)
+    with sampler_restored(pipeline):
+        ArmContext(pipeline, cfg, cfg.sizes()).use_repeat_sampler(0)
+        hard = CameraRanges.unpack(pipeline.draw(16, hard=True, noise=g).camera)
+        assert float(hard["elevation"].min()) >= 0.1 - 1e-6 and float(hard["elevation"].max()) <= 0.2 + 1e-6
+    assert pipeline.config.sampler.roll_range == (-1.5, 1.5)  # restored to the applied ranges, not the run's
+
+
 def test_bad_options_are_refused():
     from posegen_ns.experiment import SamplerOverrides
     from posegen_ns.pipeline import SamplerConfig

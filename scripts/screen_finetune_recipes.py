@@ -1,0 +1,171 @@
+"""Screen fine-tuning recipes on ``ns-posegen-experiment``'s own draws, over repeats, at a fraction of its cost.
+
+Loads a trained ``ns-train posegen-human`` run (:func:`posegen_ns.experiment.load_trained_pipeline`), draws each
+arm's fine-tuning set for each repeat exactly as the experiment does (same seeds, the same per-repeat sampler for
+``ours``: :func:`posegen_ns.experiment_tasks.run_arm_repeat`), caches them under ``--cache-dir`` (``--draw-images``
+usable images each; the first ``N`` of them are the experiment's set of ``N`` images), then for each ``--variants``
+entry fine-tunes a copy of the pre-trained critic on every cached set and scores it on the preset's evaluation set.
+With the experiment's recipe the figures are the experiment's, repeat for repeat (checked 2026-12-06 on the stop-20
+``cpu`` run: random-prior 311.1, 307.3, 296.9, 300.2, 326.3 and ours 288.0 ... 302.7 mm, as its JSON), so a variant
+costs only its fine-tuning and evaluation (about 68 s per arm x repeat at 320 images on the 2-core CPU), not the
+drawing and the samplers' learning again.
+
+A variant is a JSON object: ``tag``; optional ``images`` (first N cached images, default the preset's
+``finetune_images``), ``epochs`` (default the preset's), ``repeats`` (list of repeat indices, default all), and any
+:class:`posegen_ns.critic.finetune.FinetuneConfig` field (``lr``, ``source_fraction``, ``average_tail`` ...;
+unset ones are the experiment's recipe, ``ExperimentConfig.finetune``). Each variant prints per-repeat MPJPE, the
+mean with its 95 % interval per arm and, with ``ours`` and ``random-prior``, their paired difference; it appends one
+JSON line to ``--out``.
+
+    cd RUNDIR && python scripts/screen_finetune_recipes.py --load-config RUN/config.yml --preset cpu \\
+        --variants '{"tag": "base"}' '{"tag": "sf25", "source_fraction": 0.25}'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import tyro
+
+from posegen_ns.atomic_io import check_torch_file, read_cache, torch_save, write_text
+from posegen_ns.critic.finetune import finetune_critic
+from posegen_ns.errors import PoseGenInputError
+from posegen_ns.experiment import load_trained_pipeline
+from posegen_ns.experiment_arms import build_eval_set, draw_finetune_set, evaluate_critic_on, sampler_restored
+from posegen_ns.experiment_config import ExperimentConfig
+from posegen_ns.experiment_tasks import ArmContext
+from posegen_ns.stats import mean_ci95, paired_difference_ci95
+
+SCREEN_ARMS = ("random-prior", "mining", "ours", "ours-mesh")
+"""Arms whose sets the script can draw (``posegen-released`` needs the released GAN trained first: not here)."""
+
+
+@dataclass
+class ScreenConfig:
+    """Fine-tune the pre-trained critic with several recipes on the experiment's cached draws (module docstring)."""
+
+    load_config: Path
+    """A trained run's config.yml (run the script from the folder ns-train ran in)."""
+    variants: tuple[str, ...] = ('{"tag": "experiment-recipe"}',)
+    """Recipes to screen, one JSON object each (module docstring)."""
+    preset: Literal["tiny", "cpu", "gpu"] = "cpu"
+    """Preset whose sizes (fine-tuning images, batch, epochs, evaluation set) and seeds are used."""
+    arms: tuple[str, ...] = ("random-prior", "ours")
+    """Arms to draw and fine-tune."""
+    repeats: int = 5
+    """Repeats to draw (repeat k uses the experiment's seeds of repeat k)."""
+    draw_images: int = 640
+    """Usable images drawn and cached per arm x repeat (a variant's ``images`` may not exceed it)."""
+    cache_dir: Path = Path("screen-cache")
+    """Folder of the cached draws (``ARM-REP-N.pt``), kept between calls."""
+    out: Path = Path("screen-results.jsonl")
+    """JSON lines, one per variant, appended."""
+
+
+def cached_draws(cfg: ScreenConfig, ctx: ArmContext) -> None:
+    """Draw and cache (written to a temporary name, then renamed) every arm x repeat set not cached yet."""
+    cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+    draws, scorers = ctx.draws()
+    exp, sizes, pipeline = ctx.cfg, ctx.sizes, ctx.pipeline
+    for name in cfg.arms:
+        for rep in range(cfg.repeats):
+            path = cfg.cache_dir / f"{name}-{rep}-{cfg.draw_images}.pt"
+            if read_cache(path, check_torch_file, what="draw") is not None:  # a damaged one is removed and redrawn
+                continue
+            t, s = time.time(), exp.seed + 10000 * rep  # run_arm_repeat's seeds
+            per_repeat = name in ("ours", "ours-mesh")
+            with sampler_restored(pipeline) if per_repeat else contextlib.nullcontext():
+                sampler = ctx.use_repeat_sampler(rep) if per_repeat else None
+                torch.manual_seed(s + 1000)
+                with torch.no_grad():
+                    batches, info = draw_finetune_set(pipeline, draws[name], cfg.draw_images, sizes.finetune_batch,
+                                                      exp.finetune, seed=s + 100, score=scorers.get(name))
+            torch_save({"batches": batches, "info": info, "sampler": sampler}, path)
+            print(f"drew {name} repeat {rep}: {cfg.draw_images} images in {time.time() - t:.0f} s, "
+                  f"pre-trained critic's MPJPE on them {info['mean_error_mm']:.1f} mm", flush=True)
+
+
+def load_set(cfg: ScreenConfig, name: str, rep: int, images: int, batch: int) -> list[dict[str, torch.Tensor]]:
+    """The first ``images`` cached images of ``name`` x ``rep`` as fine-tuning batches of ``batch``."""
+    path = cfg.cache_dir / f"{name}-{rep}-{cfg.draw_images}.pt"
+    cached = read_cache(path, lambda p: torch.load(p, weights_only=False), what="cached draw")
+    if cached is None:
+        raise PoseGenInputError(f"{path}: no readable cached draw; delete it and run again to redraw it.")
+    if images > cfg.draw_images:
+        raise PoseGenInputError(f"a variant asks for {images} images but --draw-images is {cfg.draw_images}; raise it.")
+    allb = {k: torch.cat([b[k] for b in cached["batches"]])[:images] for k in cached["batches"][0]}
+    return [{k: v[i : i + batch] for k, v in allb.items()} for i in range(0, images, batch)]
+
+
+def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tune and evaluate one variant on every cached arm x repeat; print and return its figures."""
+    exp, sizes, pipeline = ctx.cfg, ctx.sizes, ctx.pipeline
+    v = dict(variant)
+    tag = v.pop("tag")
+    images, epochs = v.pop("images", sizes.finetune_images), v.pop("epochs", sizes.finetune_epochs)
+    reps = v.pop("repeats", list(range(cfg.repeats)))
+    recipe = dataclasses.replace(exp.finetune, **v)
+    source = pipeline.source_sampler()
+    mpjpe: dict[str, list[float]] = {}
+    for name in cfg.arms:
+        mpjpe[name] = []
+        for rep in reps:
+            t, s = time.time(), exp.seed + 10000 * rep
+            critic = copy.deepcopy(pipeline.critic)
+            torch.manual_seed(s + 1000)
+            finetune_critic(critic, load_set(cfg, name, rep, images, sizes.finetune_batch) * epochs, recipe,
+                            source=source, seed=s)
+            mpjpe[name].append(evaluate_critic_on(critic, ctx.eval_set)["overall"]["mpjpe_mm"])
+            print(f"{tag} {name} repeat {rep}: {mpjpe[name][-1]:.1f} mm ({time.time() - t:.0f} s)", flush=True)
+    result = {"tag": tag, "images": images, "epochs": epochs, "repeats": reps, "recipe": dataclasses.asdict(recipe),
+              "mpjpe_mm_per_repeat": mpjpe}
+    for name, vals in mpjpe.items():
+        if len(vals) > 1:
+            ci = mean_ci95(vals)
+            print(f"  {tag} {name}: {ci.mean:.1f} [{ci.lo:.1f}, {ci.hi:.1f}] mm", flush=True)
+    if "ours" in mpjpe and "random-prior" in mpjpe and len(reps) > 1:
+        d = paired_difference_ci95(mpjpe["ours"], mpjpe["random-prior"])
+        result["ours_minus_random_prior"] = dataclasses.asdict(d)
+        print(f"  {tag} ours - random-prior: {d.mean:+.1f} [{d.lo:+.1f}, {d.hi:+.1f}] mm", flush=True)
+    before = cfg.out.read_text() if cfg.out.exists() else ""
+    write_text(cfg.out, before + json.dumps(result) + "\n")  # the whole file renamed into place: never half a line
+    return result
+
+
+def main(cfg: ScreenConfig) -> None:
+    """Load the run, draw what is not cached, screen every variant."""
+    bad = [a for a in cfg.arms if a not in SCREEN_ARMS]
+    if bad:
+        raise PoseGenInputError(f"--arms {bad}: this script draws only {list(SCREEN_ARMS)}.")
+    variants = []
+    for text in cfg.variants:
+        try:
+            variants.append(json.loads(text))
+        except json.JSONDecodeError as err:
+            raise PoseGenInputError(f"--variants {text!r} is not JSON ({err}); e.g. '{{\"tag\": \"lr5e-5\", \"lr\": 5e-5}}'.")
+        if "tag" not in variants[-1]:
+            raise PoseGenInputError(f"--variants {text!r}: each variant needs a \"tag\".")
+    exp = ExperimentConfig(preset=cfg.preset, load_config=cfg.load_config)
+    sizes = exp.sizes()
+    pipeline = load_trained_pipeline(cfg.load_config)
+    ctx = ArmContext(pipeline, exp, sizes)
+    cached_draws(cfg, ctx)
+    ctx.eval_set = build_eval_set(pipeline, exp, sizes)
+    for v in variants:
+        screen(cfg, ctx, v)
+
+
+def entrypoint() -> None:
+    main(tyro.cli(ScreenConfig))
+
+
+if __name__ == "__main__":
+    entrypoint()
