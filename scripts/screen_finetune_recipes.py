@@ -11,7 +11,8 @@ costs only its fine-tuning and evaluation (about 68 s per arm x repeat at 320 im
 drawing and the samplers' learning again.
 
 A variant is a JSON object: ``tag``; optional ``images`` (first N cached images, default the preset's
-``finetune_images``), ``epochs`` (default the preset's), ``repeats`` (list of repeat indices, default all), and any
+``finetune_images``), ``epochs`` (default the preset's), ``repeats`` (list of repeat indices, default all), ``second_sampler_offset`` (k: ours' images half from repeat r's
+sampler and half from repeat r + k's, cached with ``--repeats`` covering r + k: a two-sampler ours), and any
 :class:`posegen_ns.critic.finetune.FinetuneConfig` field (``lr``, ``source_fraction``, ``average_tail`` ...;
 unset ones are the experiment's recipe, ``ExperimentConfig.finetune``). Each variant prints per-repeat MPJPE, the
 mean with its 95 % interval per arm and, with ``ours`` and ``random-prior``, their paired difference; it appends one
@@ -39,8 +40,10 @@ from posegen_ns.atomic_io import check_torch_file, read_cache, torch_save, write
 from posegen_ns.critic.finetune import finetune_critic
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.experiment import load_trained_pipeline
-from posegen_ns.experiment_arms import build_eval_set, draw_finetune_set, evaluate_critic_on, sampler_restored
-from posegen_ns.experiment_config import ExperimentConfig
+from posegen_ns.experiment_arms import (
+    build_eval_set, draw_finetune_set, evaluate_critic_on, sampler_restored, use_camera_ranges,
+)
+from posegen_ns.experiment_config import ExperimentConfig, SamplerOverrides
 from posegen_ns.experiment_tasks import ArmContext
 from posegen_ns.stats import mean_ci95, paired_difference_ci95
 
@@ -68,6 +71,9 @@ class ScreenConfig:
     """Folder of the cached draws (``ARM-REP-N.pt``), kept between calls."""
     out: Path = Path("screen-results.jsonl")
     """JSON lines, one per variant, appended."""
+    sampler: SamplerOverrides = dataclasses.field(default_factory=SamplerOverrides)
+    """Sampler settings of the draws (``--sampler.roll-range -1.57 1.57`` ...), as ``ns-posegen-experiment``'s: camera
+    ranges for every arm, the rest for ours' per-repeat samplers. Use another ``--cache-dir`` per setting."""
 
 
 def cached_draws(cfg: ScreenConfig, ctx: ArmContext) -> None:
@@ -98,11 +104,22 @@ def load_set(cfg: ScreenConfig, name: str, rep: int, images: int, batch: int) ->
     path = cfg.cache_dir / f"{name}-{rep}-{cfg.draw_images}.pt"
     cached = read_cache(path, lambda p: torch.load(p, weights_only=False), what="cached draw")
     if cached is None:
-        raise PoseGenInputError(f"{path}: no readable cached draw; delete it and run again to redraw it.")
+        raise PoseGenInputError(f"{path}: no cached draw of {name} repeat {rep}; raise --repeats to cover every repeat a "
+                                "variant reads (the missing draws are made first).")
     if images > cfg.draw_images:
         raise PoseGenInputError(f"a variant asks for {images} images but --draw-images is {cfg.draw_images}; raise it.")
     allb = {k: torch.cat([b[k] for b in cached["batches"]])[:images] for k in cached["batches"][0]}
     return [{k: v[i : i + batch] for k, v in allb.items()} for i in range(0, images, batch)]
+
+
+def two_sampler_set(cfg: ScreenConfig, rep: int, other: int, images: int, batch: int) -> list[dict[str, torch.Tensor]]:
+    """Ours drawn from two samplers: the first ``images / 2`` cached images of ours x ``rep`` and of ours x ``other``
+    (another repeat: another sampler training), batch by batch in turn."""
+    if images % (2 * batch):
+        raise PoseGenInputError(f"a two-sampler variant needs images divisible by 2 x {batch} (got {images}).")
+    first = load_set(cfg, "ours", rep, images // 2, batch)
+    second = load_set(cfg, "ours", other, images // 2, batch)
+    return [b for pair in zip(first, second) for b in pair]
 
 
 def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[str, Any]:
@@ -112,6 +129,7 @@ def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[
     tag = v.pop("tag")
     images, epochs = v.pop("images", sizes.finetune_images), v.pop("epochs", sizes.finetune_epochs)
     reps = v.pop("repeats", list(range(cfg.repeats)))
+    second = v.pop("second_sampler_offset", None)
     recipe = dataclasses.replace(exp.finetune, **v)
     source = pipeline.source_sampler()
     mpjpe: dict[str, list[float]] = {}
@@ -121,11 +139,15 @@ def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[
             t, s = time.time(), exp.seed + 10000 * rep
             critic = copy.deepcopy(pipeline.critic)
             torch.manual_seed(s + 1000)
-            finetune_critic(critic, load_set(cfg, name, rep, images, sizes.finetune_batch) * epochs, recipe,
-                            source=source, seed=s)
+            if second is not None and name == "ours":
+                batches = two_sampler_set(cfg, rep, rep + second, images, sizes.finetune_batch)
+            else:
+                batches = load_set(cfg, name, rep, images, sizes.finetune_batch)
+            finetune_critic(critic, batches * epochs, recipe, source=source, seed=s)
             mpjpe[name].append(evaluate_critic_on(critic, ctx.eval_set)["overall"]["mpjpe_mm"])
             print(f"{tag} {name} repeat {rep}: {mpjpe[name][-1]:.1f} mm ({time.time() - t:.0f} s)", flush=True)
-    result = {"tag": tag, "images": images, "epochs": epochs, "repeats": reps, "recipe": dataclasses.asdict(recipe),
+    result = {"tag": tag, "images": images, "epochs": epochs, "repeats": reps, "second_sampler_offset": second,
+              "recipe": dataclasses.asdict(recipe), "sampler": cfg.sampler.given(),
               "mpjpe_mm_per_repeat": mpjpe}
     for name, vals in mpjpe.items():
         if len(vals) > 1:
@@ -153,9 +175,10 @@ def main(cfg: ScreenConfig) -> None:
             raise PoseGenInputError(f"--variants {text!r} is not JSON ({err}); e.g. '{{\"tag\": \"lr5e-5\", \"lr\": 5e-5}}'.")
         if "tag" not in variants[-1]:
             raise PoseGenInputError(f"--variants {text!r}: each variant needs a \"tag\".")
-    exp = ExperimentConfig(preset=cfg.preset, load_config=cfg.load_config)
+    exp = ExperimentConfig(preset=cfg.preset, load_config=cfg.load_config, sampler=cfg.sampler)
     sizes = exp.sizes()
     pipeline = load_trained_pipeline(cfg.load_config)
+    use_camera_ranges(pipeline, cfg.sampler)  # as run_experiment: every arm's cameras
     ctx = ArmContext(pipeline, exp, sizes)
     cached_draws(cfg, ctx)
     ctx.eval_set = build_eval_set(pipeline, exp, sizes)
