@@ -27,7 +27,7 @@ from posegen_ns.critic.finetune import FinetuneConfig, FinetuneStats, batch_from
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.labels import concat_samples
 
-from posegen_ns.experiment_config import ExperimentConfig, ExperimentSizes
+from posegen_ns.experiment_config import ExperimentConfig, ExperimentSizes, SamplerOverrides
 
 EVAL_SPLIT = "eval"
 """Split of the shipped pose bank evaluated on by default (motions no arm and no critic ever sees)."""
@@ -99,9 +99,7 @@ def use_camera_ranges(pipeline: Any, overrides: Any) -> dict[str, Any]:
     """
     ranges = overrides.camera_ranges() if overrides is not None else {}
     if ranges:
-        import dataclasses
-
-        pipeline.config.sampler = dataclasses.replace(pipeline.config.sampler, **ranges)
+        pipeline.config.sampler = SamplerOverrides(**ranges).apply(pipeline.config.sampler)
         pipeline.ranges = pipeline.config.sampler.ranges()
     return ranges
 
