@@ -291,7 +291,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
     relearned = None
     if cfg.ours_sampler == "per-repeat":  # every repeat of ours learns its own (posegen_ns.experiment_tasks)
-        relearned = {"per_repeat": True, "steps": cfg.relearn_steps or sizes.loop_steps, "sampler": cfg.sampler.given()}
+        relearned = {"per_repeat": True, "samplers_per_repeat": sizes.ours_samplers,
+                     "steps": cfg.relearn_steps or sizes.loop_steps, "sampler": cfg.sampler.given()}
     elif cfg.relearn_steps is not None and "ours" in cfg.arms:
         t = time.time()
         say(f"re-learning our sampler ({cfg.relearn_steps} steps; overrides {cfg.sampler.given() or 'none'})")

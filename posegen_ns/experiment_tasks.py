@@ -94,8 +94,9 @@ class ArmContext:
     eval_digest: Optional[str] = None
     """:func:`eval_set_digest` of the driver's evaluation set (set for the workers)."""
     _draws: Optional[tuple[dict[str, Any], dict[str, Any]]] = dataclasses.field(default=None, repr=False)
-    _repeat_samplers: dict[int, tuple[dict[str, Any], dict[str, Any]]] = dataclasses.field(default_factory=dict, repr=False)
-    """Per-repeat samplers learned in this process (``--ours-sampler per-repeat``): ``{rep: (states, info)}``."""
+    _repeat_samplers: dict[tuple[int, int], tuple[dict[str, Any], dict[str, Any]]] = dataclasses.field(
+        default_factory=dict, repr=False)
+    """Per-repeat samplers learned in this process (``--ours-sampler per-repeat``): ``{(rep, index): (states, info)}``."""
 
     def draws(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(draws, scorers)``: ``draws[arm](num, generator) -> PoseCameraSample`` and ``scorers[arm](sample) ->
@@ -111,13 +112,13 @@ class ArmContext:
         return dataclasses.replace(self, eval_set=None, eval_digest=eval_set_digest(self.eval_set), _draws=None,
                                    _repeat_samplers={})
 
-    def use_repeat_sampler(self, rep: int) -> dict[str, Any]:
-        """Make ``pipeline``'s sampler repeat ``rep``'s own (``--ours-sampler per-repeat``): learned from scratch on
-        the trained field (:func:`~posegen_ns.experiment_arms.relearn_sampler`: ``--relearn-steps`` or the preset's
-        ``loop_steps`` steps, the ``--sampler.*`` overrides, seed :func:`repeat_sampler_seed`), or loaded from this
-        process's cache when ``ours`` or ``ours-mesh`` of the same repeat learned it already (the same seed gives
-        the same sampler, so caching changes no figure). Call it inside
-        :func:`~posegen_ns.experiment_arms.sampler_restored`.
+    def use_repeat_sampler(self, rep: int, index: int = 0) -> dict[str, Any]:
+        """Make ``pipeline``'s sampler repeat ``rep``'s own number ``index`` (``--ours-sampler per-repeat``; ``index <
+        --ours-samplers``): learned from scratch on the trained field
+        (:func:`~posegen_ns.experiment_arms.relearn_sampler`: ``--relearn-steps`` or the preset's ``loop_steps`` steps,
+        the ``--sampler.*`` overrides, seed :func:`repeat_sampler_seed`), or loaded from this process's cache when
+        ``ours`` or ``ours-mesh`` of the same repeat learned it already (the same seed gives the same sampler, so
+        caching changes no figure). Call it inside :func:`~posegen_ns.experiment_arms.sampler_restored`.
 
         Returns:
             ``{"seed", "steps", "report"}``: the sampler's seed and steps, and its hardness report right after learning
@@ -125,16 +126,17 @@ class ArmContext:
             mm, the hardness ratio, pose diversity and camera spreads).
         """
         pipeline, cfg = self.pipeline, self.cfg
-        if rep not in self._repeat_samplers:
-            seed = repeat_sampler_seed(cfg.seed, rep)
+        key = (rep, index)
+        if key not in self._repeat_samplers:
+            seed = repeat_sampler_seed(cfg.seed, rep, index)
             steps = cfg.relearn_steps or self.sizes.loop_steps
             learned = relearn_sampler(pipeline, steps, cfg.sampler, seed=seed)
             info = {"seed": seed, "steps": steps,
                     "report": learned["report"]}
             states = {k: copy.deepcopy(getattr(pipeline, k).state_dict()) for k in SAMPLER_MODULES}
-            self._repeat_samplers[rep] = (states | {"reference_error": pipeline.reference_error.clone()}, info)
+            self._repeat_samplers[key] = (states | {"reference_error": pipeline.reference_error.clone()}, info)
             return info
-        states, info = self._repeat_samplers[rep]
+        states, info = self._repeat_samplers[key]
         if cfg.sampler.given():
             pipeline.config.sampler = cfg.sampler.apply(pipeline.config.sampler)
             pipeline.ranges = pipeline.config.sampler.ranges()
@@ -147,10 +149,11 @@ class ArmContext:
         return info
 
 
-def repeat_sampler_seed(seed: int, rep: int) -> int:
-    """Seed of repeat ``rep``'s own sampler (``--ours-sampler per-repeat``): ``seed + 10000 rep + 500``, apart
-    from the repeat's drawing (``+ 100``), fine-tuning (``+ 0``) and global (``+ 1000``) seeds."""
-    return seed + 10000 * rep + 500
+def repeat_sampler_seed(seed: int, rep: int, index: int = 0) -> int:
+    """Seed of repeat ``rep``'s own sampler number ``index`` (``--ours-sampler per-repeat``, ``index <
+    --ours-samplers <= 9``): ``seed + 10000 rep + 500 + 1000 index``, apart from the repeat's drawing (``+ 100 +
+    index``), fine-tuning (``+ 0``) and global (``+ 1000``) seeds and inside the repeat's block of 10,000."""
+    return seed + 10000 * rep + 500 + 1000 * index
 
 
 def arm_draws(pipeline: Any, released: Optional[Callable[..., Any]], cfg: ExperimentConfig
@@ -209,12 +212,60 @@ def run_arm_repeat(ctx: ArmContext, name: str, rep: int, say: Optional[Say] = No
     critic = copy.deepcopy(pipeline.critic)
     per_repeat = name in ("ours", "ours-mesh") and cfg.ours_sampler == "per-repeat"
     with sampler_restored(pipeline) if per_repeat else contextlib.nullcontext():
-        sampler = ctx.use_repeat_sampler(rep) if per_repeat else None
+        # every sampler is learned before the task's seed (each seeds itself); the last one learned is in use
+        samplers = [ctx.use_repeat_sampler(rep, j) for j in range(ctx.sizes.ours_samplers)] if per_repeat else []
         torch.manual_seed(s + 1000)
-        ft_info = _draw_and_finetune(ctx, critic, name, rep, s, draws, scorers, source, say)
-        if sampler is not None:
-            ft_info["sampler"] = sampler
+        if len(samplers) > 1:
+            ft_info = _draw_from_samplers_and_finetune(ctx, critic, name, rep, s, draws, scorers, source, say)
+        else:
+            ft_info = _draw_and_finetune(ctx, critic, name, rep, s, draws, scorers, source, say)
+        if samplers:
+            ft_info["sampler"], ft_info["samplers"] = samplers[0], samplers
     return {**evaluate_critic_on(critic, ctx.eval_set), "finetune": ft_info, "seed": s}
+
+
+def sampler_shares(num_images: int, batch: int, num_samplers: int) -> list[int]:
+    """Images drawn from each of ``num_samplers`` samplers when ``num_images`` fine-tuning images are cut into
+    batches of ``batch`` (the last one may be short) and batch ``i`` comes from sampler ``i mod num_samplers``.
+
+    Example: 100 images, batches of 16 (six of 16 and one of 4), 2 samplers: batches 0, 2, 4, 6 and 1, 3, 5, so
+    ``[52, 48]``.
+    """
+    sizes = [min(batch, num_images - i) for i in range(0, num_images, batch)]
+    return [sum(sizes[j::num_samplers]) for j in range(num_samplers)]
+
+
+def _draw_from_samplers_and_finetune(ctx: ArmContext, critic: Any, name: str, rep: int, s: int,
+                                     draws: dict[str, Any], scorers: dict[str, Any], source: Any, say: Say
+                                     ) -> dict[str, Any]:
+    """:func:`_draw_and_finetune` for ``--ours-samplers N > 1``: sampler ``j`` of repeat ``rep`` (already learned,
+    :meth:`ArmContext.use_repeat_sampler`) draws its share (:func:`sampler_shares`) with the drawing seed ``s + 100
+    + j``; the fine-tuning batches alternate between the samplers (batch ``i`` from sampler ``i mod N``). The
+    drawing statistics add up over the samplers (``mean_error_mm`` weighted by images)."""
+    from posegen_ns.critic.finetune import finetune_critic
+
+    cfg, sizes, pipeline = ctx.cfg, ctx.sizes, ctx.pipeline
+    n = sizes.ours_samplers
+    say(f"arm '{name}' (repeat {rep + 1}/{sizes.repeats}): drawing {sizes.finetune_images} fine-tuning images from "
+        f"{n} samplers, fine-tuning")
+    parts, infos = [], []
+    for j, share in enumerate(sampler_shares(sizes.finetune_images, sizes.finetune_batch, n)):
+        ctx.use_repeat_sampler(rep, j)
+        with torch.no_grad():
+            batches, info = draw_finetune_set(pipeline, draws[name], share, sizes.finetune_batch, cfg.finetune,
+                                              seed=s + 100 + j, score=scorers.get(name))
+        parts.append(batches)
+        infos.append(info)
+    batches = [parts[i % n][i // n] for i in range(sum(len(p) for p in parts))]
+    ft_info: dict[str, Any] = {
+        "drawn": sum(i["drawn"] for i in infos), "kept": sum(i["kept"] for i in infos),
+        "dropped_by": {k: sum(i["dropped_by"][k] for i in infos) for k in infos[0]["dropped_by"]},
+        "mean_error_mm": sum(i["mean_error_mm"] * sh for i, sh in zip(
+            infos, sampler_shares(sizes.finetune_images, sizes.finetune_batch, n))) / sizes.finetune_images,
+    }
+    stats = finetune_critic(critic, batches * sizes.finetune_epochs, cfg.finetune, source=source, seed=s)
+    ft_info.update(stats.as_dict())
+    return ft_info
 
 
 def _draw_and_finetune(ctx: ArmContext, critic: Any, name: str, rep: int, s: int, draws: dict[str, Any],

@@ -11,8 +11,9 @@ costs only its fine-tuning and evaluation (about 68 s per arm x repeat at 320 im
 drawing and the samplers' learning again.
 
 A variant is a JSON object: ``tag``; optional ``images`` (first N cached images, default the preset's
-``finetune_images``), ``epochs`` (default the preset's), ``repeats`` (list of repeat indices, default all), ``second_sampler_offset`` (k: ours' images half from repeat r's
-sampler and half from repeat r + k's, cached with ``--repeats`` covering r + k: a two-sampler ours), and any
+``finetune_images``), ``epochs`` (default the preset's), ``repeats`` (list of repeat indices, default all), ``sampler_offsets`` (list [k1, k2, ...]: ours' images in equal
+shares from repeat r's sampler and from repeats r + k1, r + k2 ...'s, cached with ``--repeats`` covering them: ours
+drawn from several samplers; ``second_sampler_offset`` k is ``sampler_offsets`` [k]), and any
 :class:`posegen_ns.critic.finetune.FinetuneConfig` field (``lr``, ``source_fraction``, ``average_tail`` ...;
 unset ones are the experiment's recipe, ``ExperimentConfig.finetune``). Each variant prints per-repeat MPJPE, the
 mean with its 95 % interval per arm and, with ``ours`` and ``random-prior``, their paired difference; it appends one
@@ -112,14 +113,14 @@ def load_set(cfg: ScreenConfig, name: str, rep: int, images: int, batch: int) ->
     return [{k: v[i : i + batch] for k, v in allb.items()} for i in range(0, images, batch)]
 
 
-def two_sampler_set(cfg: ScreenConfig, rep: int, other: int, images: int, batch: int) -> list[dict[str, torch.Tensor]]:
-    """Ours drawn from two samplers: the first ``images / 2`` cached images of ours x ``rep`` and of ours x ``other``
-    (another repeat: another sampler training), batch by batch in turn."""
-    if images % (2 * batch):
-        raise PoseGenInputError(f"a two-sampler variant needs images divisible by 2 x {batch} (got {images}).")
-    first = load_set(cfg, "ours", rep, images // 2, batch)
-    second = load_set(cfg, "ours", other, images // 2, batch)
-    return [b for pair in zip(first, second) for b in pair]
+def multi_sampler_set(cfg: ScreenConfig, reps: list[int], images: int, batch: int) -> list[dict[str, torch.Tensor]]:
+    """Ours drawn from ``len(reps)`` samplers: the first ``images / len(reps)`` cached images of ours x each repeat in
+    ``reps`` (each another sampler training), batch by batch in turn."""
+    n = len(reps)
+    if images % (n * batch):
+        raise PoseGenInputError(f"a {n}-sampler variant needs images divisible by {n} x {batch} (got {images}).")
+    sets = [load_set(cfg, "ours", r, images // n, batch) for r in reps]
+    return [b for group in zip(*sets) for b in group]
 
 
 def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +131,7 @@ def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[
     images, epochs = v.pop("images", sizes.finetune_images), v.pop("epochs", sizes.finetune_epochs)
     reps = v.pop("repeats", list(range(cfg.repeats)))
     second = v.pop("second_sampler_offset", None)
+    offsets = v.pop("sampler_offsets", [] if second is None else [second])
     recipe = dataclasses.replace(exp.finetune, **v)
     source = pipeline.source_sampler()
     mpjpe: dict[str, list[float]] = {}
@@ -139,14 +141,14 @@ def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[
             t, s = time.time(), exp.seed + 10000 * rep
             critic = copy.deepcopy(pipeline.critic)
             torch.manual_seed(s + 1000)
-            if second is not None and name == "ours":
-                batches = two_sampler_set(cfg, rep, rep + second, images, sizes.finetune_batch)
+            if offsets and name == "ours":
+                batches = multi_sampler_set(cfg, [rep] + [rep + k for k in offsets], images, sizes.finetune_batch)
             else:
                 batches = load_set(cfg, name, rep, images, sizes.finetune_batch)
             finetune_critic(critic, batches * epochs, recipe, source=source, seed=s)
             mpjpe[name].append(evaluate_critic_on(critic, ctx.eval_set)["overall"]["mpjpe_mm"])
             print(f"{tag} {name} repeat {rep}: {mpjpe[name][-1]:.1f} mm ({time.time() - t:.0f} s)", flush=True)
-    result = {"tag": tag, "images": images, "epochs": epochs, "repeats": reps, "second_sampler_offset": second,
+    result = {"tag": tag, "images": images, "epochs": epochs, "repeats": reps, "sampler_offsets": offsets,
               "recipe": dataclasses.asdict(recipe), "sampler": cfg.sampler.given(),
               "mpjpe_mm_per_repeat": mpjpe}
     for name, vals in mpjpe.items():

@@ -468,3 +468,66 @@ def test_sampler_steps_are_bit_reproducible_on_several_threads():
     with pytest.raises(RuntimeError, match="boom"):
         sampler_steps(pipeline, 1)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_sampler_shares_by_hand():
+    """Batch i comes from sampler i mod N; the last batch may be short."""
+    from posegen_ns.experiment_tasks import sampler_shares
+
+    assert sampler_shares(100, 16, 2) == [52, 48]  # batches 16,16,16,16,16,16,4: 0,2,4,6 -> 52; 1,3,5 -> 48
+    assert sampler_shares(640, 16, 2) == [320, 320]
+    assert sampler_shares(48, 8, 3) == [16, 16, 16]
+    assert sampler_shares(10, 4, 1) == [10]
+    with pytest.raises(PoseGenInputError, match="--ours-sampler per-repeat"):
+        ExperimentConfig(ours_samplers=2, ours_sampler="shared").sizes()
+    with pytest.raises(PoseGenInputError, match="--ours-rounds 1"):
+        ExperimentConfig(ours_samplers=2, ours_rounds=2).sizes()
+    with pytest.raises(PoseGenInputError, match="at least 24"):
+        ExperimentConfig(ours_samplers=3, finetune_images=20, finetune_batch=8).sizes()
+    with pytest.raises(PoseGenInputError, match="at most 9"):
+        ExperimentConfig(ours_samplers=10).sizes()
+    with pytest.raises(PoseGenInputError, match="--ours-samplers"):
+        ExperimentConfig(ours_samplers=0).sizes()
+    assert ExperimentConfig(preset="cpu").sizes().ours_samplers == 1
+
+
+def test_ours_from_several_samplers(results, monkeypatch):
+    """--ours-samplers 2: each repeat learns two samplers (seeds 500 and 1500 for repeat 0), draws its shares from
+    each with its own drawing seed, and fine-tunes on batches that alternate between them; the total is the stated
+    number of images."""
+    import posegen_ns.critic.finetune as finetune
+    import posegen_ns.experiment_tasks as tasks
+
+    root, _ = results
+    config = next((root / "run" / "ns-train").rglob("config.yml"))
+    drawn, tuned = [], []
+    real_draw, real_finetune = tasks.draw_finetune_set, finetune.finetune_critic
+
+    def draw(pipeline, *args, **kwargs):
+        batches, info = real_draw(pipeline, *args, **kwargs)
+        weights = torch.cat([p.detach().flatten() for p in pipeline.generator.parameters()]).clone()
+        drawn.append({"seed": kwargs["seed"], "images": args[1], "batches": batches, "generator": weights})
+        return batches, info
+
+    def tune(critic, batches, *args, **kwargs):
+        tuned.append(list(batches))
+        return real_finetune(critic, batches, *args, **kwargs)
+
+    monkeypatch.setattr(tasks, "draw_finetune_set", draw)
+    monkeypatch.setattr(finetune, "finetune_critic", tune)
+    cfg = ExperimentConfig(
+        preset="tiny", output_dir=root / "samplers", load_config=config, eval_poses=root / "eval_poses", device="cpu",
+        arms=("ours",), ours_samplers=2, repeats=1, loop_steps=2, sampler_batch=2, finetune_images=6, finetune_batch=2,
+        finetune_epochs=1, eval_max_frames=1, eval_cameras=2, eval_elevations=(0.0,), eval_resolution=32,
+    )
+    out = run_experiment(cfg)
+    (ours,) = out["rows"]
+    ft = ours["per_repeat"][0]["finetune"]
+    assert [s["seed"] for s in ft["samplers"]] == [500, 1500] and ft["sampler"]["seed"] == 500
+    assert out["config"]["relearn"]["samplers_per_repeat"] == 2 and ours["num_finetune_images"] == 6
+    assert [(d["seed"], d["images"]) for d in drawn] == [(100, 4), (101, 2)]  # batches 0, 2 and 1
+    assert not torch.equal(drawn[0]["generator"], drawn[1]["generator"])  # two different samplers
+    (order,) = tuned
+    a, b = drawn[0]["batches"], drawn[1]["batches"]
+    assert len(order) == 3 and order[0] is a[0] and order[1] is b[0] and order[2] is a[1]
+    assert sum(len(x["images"]) for x in order) == 6 and ft["steps"] == 3
