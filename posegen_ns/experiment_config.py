@@ -90,17 +90,17 @@ PRESETS: dict[str, ExperimentSizes] = {
     ),
     "cpu": ExperimentSizes(
         body="open", capture_cameras=6, capture_resolution=128, critic_pretrain_steps=2400, critic_input_size=128,
-        field_steps=800, loop_steps=150, num_gaussians=4000, sampler_batch=6, gan_steps=150, finetune_images=320,
-        finetune_batch=16, finetune_epochs=3, eval_stride=8, eval_max_frames=6, eval_cameras=4,
+        field_steps=800, loop_steps=75, num_gaussians=4000, sampler_batch=6, gan_steps=150, finetune_images=640,
+        finetune_batch=16, finetune_epochs=2, eval_stride=8, eval_max_frames=6, eval_cameras=4,
         eval_elevations=(-10.0, 15.0, 45.0), eval_resolution=128, eval_distance_scales=(0.8, 1.4), critic_source="h36m",
-        repeats=5, ours_samplers=1,
+        repeats=5, ours_samplers=4,
     ),
     "gpu": ExperimentSizes(
         body="open", capture_cameras=6, capture_resolution=128, critic_pretrain_steps=2400, critic_input_size=128,
         field_steps=1500, loop_steps=300, num_gaussians=6000, sampler_batch=6, gan_steps=300, finetune_images=1024,
         finetune_batch=32, finetune_epochs=3, eval_stride=8, eval_max_frames=24, eval_cameras=8,
         eval_elevations=(-10.0, 0.0, 20.0, 45.0), eval_resolution=128, eval_distance_scales=(0.8, 1.0, 1.4),
-        critic_source="h36m", repeats=5, ours_samplers=1,
+        critic_source="h36m", repeats=5, ours_samplers=4,
     ),
 }
 PRESETS["full"] = PRESETS["gpu"]  # the name before the cpu preset existed

@@ -488,7 +488,8 @@ def test_sampler_shares_by_hand():
         ExperimentConfig(ours_samplers=10).sizes()
     with pytest.raises(PoseGenInputError, match="--ours-samplers"):
         ExperimentConfig(ours_samplers=0).sizes()
-    assert ExperimentConfig(preset="cpu").sizes().ours_samplers == 1
+    cpu = ExperimentConfig(preset="cpu").sizes()
+    assert cpu.ours_samplers == 4 and cpu.finetune_images >= cpu.ours_samplers * cpu.finetune_batch
 
 
 def test_ours_from_several_samplers(results, monkeypatch):
