@@ -11,9 +11,10 @@ order, repeats inside) and hands back each arm's runs in repeat order, whichever
 
 - Seeds: repeat ``k``'s seed ``s = seed + 10000 k`` is shared by every arm. A task seeds everything it uses
   itself: ``torch.manual_seed(s + 1000)`` (dropout and any other use of torch's global generator) right before its
-  first random operation, the drawing generator ``s + 100`` (:func:`~posegen_ns.experiment_arms.draw_finetune_set`), the
-  fine-tuning order and source images ``s`` (:func:`~posegen_ns.critic.finetune.finetune_critic`), the rounds of
-  ours ``s + 31 r`` and ``s + 100 + 7 r`` (:func:`~posegen_ns.experiment_arms.finetune_ours_in_rounds`). What a task
+  first random operation, the drawing generator ``s + 100`` (:func:`~posegen_ns.experiment_arms.draw_finetune_set`;
+  ``s + 100 + j`` for the share of ours' per-repeat sampler ``j``, whose own training is seeded ``s + 500 + 1000 j``:
+  :func:`draw_arm_set`), the fine-tuning order and source images ``s`` (:func:`~posegen_ns.critic.finetune.finetune_critic`),
+  the rounds of ours ``s + 31 r`` and ``s + 100 + 7 r`` (:func:`~posegen_ns.experiment_arms.finetune_ours_in_rounds`). What a task
   builds before that seed (the critic copy, the draws, the cached source set) is deterministic and uses no global
   random state.
 - State: the draws (prior, released GAN, mining, ours, the mesh scorer) are stateless closures over the pipeline
@@ -189,8 +190,9 @@ def task_label(task: Task, repeats: int) -> str:
 
 def run_arm_repeat(ctx: ArmContext, name: str, rep: int, say: Optional[Say] = None) -> dict[str, Any]:
     """One arm x repeat: fine-tune a copy of the pre-trained critic on ``sizes.finetune_images`` usable samples of
-    arm ``name`` drawn with repeat ``rep``'s seed (none for ``pretrained``; ours in ``cfg.ours_rounds`` rounds when
-    more than one) and evaluate it on ``ctx.eval_set``. Seeds and state: module docstring.
+    arm ``name`` drawn with repeat ``rep``'s seed (:func:`draw_arm_set`; none for ``pretrained``; ours in
+    ``cfg.ours_rounds`` rounds when more than one) and evaluate it on ``ctx.eval_set``. Seeds and state: module
+    docstring.
 
     Returns:
         :func:`~posegen_ns.experiment_arms.evaluate_critic_on`'s result with ``finetune`` (the drawing and fine-tuning
@@ -200,28 +202,77 @@ def run_arm_repeat(ctx: ArmContext, name: str, rep: int, say: Optional[Say] = No
         PoseGenInputError: too few samples pass the outlier filter
             (:func:`~posegen_ns.experiment_arms.draw_finetune_set`).
     """
-    cfg, pipeline = ctx.cfg, ctx.pipeline
+    from posegen_ns.critic.finetune import finetune_critic
+
+    cfg, sizes, pipeline = ctx.cfg, ctx.sizes, ctx.pipeline
     assert ctx.eval_set is not None, "run_arm_repeat: the context has no evaluation set"
     say = say or (lambda msg: None)
     # built before the task's seed, as before any task: deterministic, and they use no global random state
-    draws, scorers = ctx.draws()
+    draws, _ = ctx.draws()
     source = pipeline.source_sampler()
-    # repeat k's seed is shared by every arm: the same prior draws (random-prior, the prior half of ours and
-    # mining), the same source images and fine-tuning order, the same dropout; ours-mesh draws ours' samples
-    s = cfg.seed + 10000 * rep
+    s = repeat_seed(cfg.seed, rep)
     critic = copy.deepcopy(pipeline.critic)
+    if name == "pretrained":
+        torch.manual_seed(s + 1000)
+        ft_info: dict[str, Any] = {}
+    elif name == "ours" and cfg.ours_rounds > 1:
+        per_repeat = cfg.ours_sampler == "per-repeat"
+        with sampler_restored(pipeline) if per_repeat else contextlib.nullcontext():
+            sampler = ctx.use_repeat_sampler(rep) if per_repeat else None
+            torch.manual_seed(s + 1000)
+            say(f"arm 'ours' (repeat {rep + 1}/{sizes.repeats}): {cfg.ours_rounds} rounds of sampling and fine-tuning, "
+                f"{sizes.finetune_images} images in all")
+            ft_info = finetune_ours_in_rounds(pipeline, critic, draws[name], sizes, cfg, s, 0, say)
+            if sampler is not None:
+                ft_info["sampler"], ft_info["samplers"] = sampler, [sampler]
+    else:
+        say(f"arm '{name}' (repeat {rep + 1}/{sizes.repeats}): drawing {sizes.finetune_images} fine-tuning images, fine-tuning")
+        batches, ft_info = draw_arm_set(ctx, name, rep, sizes.finetune_images)
+        stats = finetune_critic(critic, batches * sizes.finetune_epochs, cfg.finetune, source=source, seed=s)
+        ft_info.update(stats.as_dict())
+    return {**evaluate_critic_on(critic, ctx.eval_set), "finetune": ft_info, "seed": s}
+
+
+def repeat_seed(seed: int, rep: int) -> int:
+    """Repeat ``rep``'s seed ``s = seed + 10000 rep``, shared by every arm (module docstring: ``s`` fine-tuning,
+    ``s + 100`` drawing, ``s + 500 + 1000 j`` sampler ``j``, ``s + 1000`` torch's global generator)."""
+    return seed + 10000 * rep
+
+
+def draw_arm_set(ctx: ArmContext, name: str, rep: int, num_images: int) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
+    """Arm ``name``'s fine-tuning set of repeat ``rep`` (not ``pretrained``, not ours in rounds), exactly as
+    :func:`run_arm_repeat` draws it: for ``ours`` / ``ours-mesh`` with ``--ours-sampler per-repeat`` the repeat's
+    ``--ours-samplers`` samplers are learned (or taken from the context's cache) first, inside
+    :func:`~posegen_ns.experiment_arms.sampler_restored`; then torch's global generator is seeded ``s + 1000`` and
+    ``num_images`` usable images are drawn (:func:`~posegen_ns.experiment_arms.draw_finetune_set`, drawing seed ``s +
+    100``; from several samplers :func:`draw_from_samplers`). Whoever screens recipes on the experiment's sets
+    (``scripts/screen_finetune_recipes.py``) calls this, so its sets are the experiment's.
+
+    Returns:
+        ``(batches, info)``: fine-tuning batches of ``finetune_batch`` images and the drawing statistics (``drawn``,
+        ``kept``, ``dropped_by``, ``mean_error_mm``; ``sampler`` and ``samplers``: the per-repeat samplers' seeds, steps
+        and hardness reports).
+
+    Raises:
+        PoseGenInputError: too few samples pass the outlier filter.
+    """
+    cfg, sizes, pipeline = ctx.cfg, ctx.sizes, ctx.pipeline
+    draws, scorers = ctx.draws()
+    s = repeat_seed(cfg.seed, rep)
     per_repeat = name in ("ours", "ours-mesh") and cfg.ours_sampler == "per-repeat"
     with sampler_restored(pipeline) if per_repeat else contextlib.nullcontext():
         # every sampler is learned before the task's seed (each seeds itself); the last one learned is in use
-        samplers = [ctx.use_repeat_sampler(rep, j) for j in range(ctx.sizes.ours_samplers)] if per_repeat else []
+        samplers = [ctx.use_repeat_sampler(rep, j) for j in range(sizes.ours_samplers)] if per_repeat else []
         torch.manual_seed(s + 1000)
         if len(samplers) > 1:
-            ft_info = _draw_from_samplers_and_finetune(ctx, critic, name, rep, s, draws, scorers, source, say)
+            batches, info = draw_from_samplers(ctx, name, rep, num_images)
         else:
-            ft_info = _draw_and_finetune(ctx, critic, name, rep, s, draws, scorers, source, say)
-        if samplers:
-            ft_info["sampler"], ft_info["samplers"] = samplers[0], samplers
-    return {**evaluate_critic_on(critic, ctx.eval_set), "finetune": ft_info, "seed": s}
+            with torch.no_grad():
+                batches, info = draw_finetune_set(pipeline, draws[name], num_images, sizes.finetune_batch,
+                                                  cfg.finetune, seed=s + 100, score=scorers.get(name))
+    if samplers:
+        info["sampler"], info["samplers"] = samplers[0], samplers
+    return batches, info
 
 
 def sampler_shares(num_images: int, batch: int, num_samplers: int) -> list[int]:
@@ -235,21 +286,19 @@ def sampler_shares(num_images: int, batch: int, num_samplers: int) -> list[int]:
     return [sum(sizes[j::num_samplers]) for j in range(num_samplers)]
 
 
-def _draw_from_samplers_and_finetune(ctx: ArmContext, critic: Any, name: str, rep: int, s: int,
-                                     draws: dict[str, Any], scorers: dict[str, Any], source: Any, say: Say
-                                     ) -> dict[str, Any]:
-    """:func:`_draw_and_finetune` for ``--ours-samplers N > 1``: sampler ``j`` of repeat ``rep`` (already learned,
-    :meth:`ArmContext.use_repeat_sampler`) draws its share (:func:`sampler_shares`) with the drawing seed ``s + 100
-    + j``; the fine-tuning batches alternate between the samplers (batch ``i`` from sampler ``i mod N``). The
-    drawing statistics add up over the samplers (``mean_error_mm`` weighted by images)."""
-    from posegen_ns.critic.finetune import finetune_critic
-
+def draw_from_samplers(ctx: ArmContext, name: str, rep: int, num_images: int
+                       ) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
+    """:func:`draw_arm_set`'s draw for ``--ours-samplers N > 1`` (call it where that does: inside
+    :func:`~posegen_ns.experiment_arms.sampler_restored`, the samplers learned): sampler ``j`` of repeat ``rep``
+    (:meth:`ArmContext.use_repeat_sampler`) draws its share (:func:`sampler_shares`) with the drawing seed ``s + 100
+    + j``, and the batches alternate between the samplers (batch ``i`` from sampler ``i mod N``). The drawing
+    statistics add up over the samplers (``mean_error_mm`` weighted by images)."""
     cfg, sizes, pipeline = ctx.cfg, ctx.sizes, ctx.pipeline
-    n = sizes.ours_samplers
-    say(f"arm '{name}' (repeat {rep + 1}/{sizes.repeats}): drawing {sizes.finetune_images} fine-tuning images from "
-        f"{n} samplers, fine-tuning")
+    draws, scorers = ctx.draws()
+    n, s = sizes.ours_samplers, repeat_seed(cfg.seed, rep)
+    shares = sampler_shares(num_images, sizes.finetune_batch, n)
     parts, infos = [], []
-    for j, share in enumerate(sampler_shares(sizes.finetune_images, sizes.finetune_batch, n)):
+    for j, share in enumerate(shares):
         ctx.use_repeat_sampler(rep, j)
         with torch.no_grad():
             batches, info = draw_finetune_set(pipeline, draws[name], share, sizes.finetune_batch, cfg.finetune,
@@ -257,37 +306,12 @@ def _draw_from_samplers_and_finetune(ctx: ArmContext, critic: Any, name: str, re
         parts.append(batches)
         infos.append(info)
     batches = [parts[i % n][i // n] for i in range(sum(len(p) for p in parts))]
-    ft_info: dict[str, Any] = {
+    info = {
         "drawn": sum(i["drawn"] for i in infos), "kept": sum(i["kept"] for i in infos),
         "dropped_by": {k: sum(i["dropped_by"][k] for i in infos) for k in infos[0]["dropped_by"]},
-        "mean_error_mm": sum(i["mean_error_mm"] * sh for i, sh in zip(
-            infos, sampler_shares(sizes.finetune_images, sizes.finetune_batch, n))) / sizes.finetune_images,
+        "mean_error_mm": sum(i["mean_error_mm"] * sh for i, sh in zip(infos, shares)) / num_images,
     }
-    stats = finetune_critic(critic, batches * sizes.finetune_epochs, cfg.finetune, source=source, seed=s)
-    ft_info.update(stats.as_dict())
-    return ft_info
-
-
-def _draw_and_finetune(ctx: ArmContext, critic: Any, name: str, rep: int, s: int, draws: dict[str, Any],
-                       scorers: dict[str, Any], source: Any, say: Say) -> dict[str, Any]:
-    """The body of :func:`run_arm_repeat` after the seeds: draw arm ``name``'s fine-tuning set from the pipeline as
-    it is now and fine-tune ``critic`` on it (in rounds for ours with ``--ours-rounds`` > 1); the statistics."""
-    from posegen_ns.critic.finetune import finetune_critic
-
-    cfg, sizes, pipeline = ctx.cfg, ctx.sizes, ctx.pipeline
-    ft_info: dict[str, Any] = {}
-    if name == "ours" and cfg.ours_rounds > 1:
-        say(f"arm 'ours' (repeat {rep + 1}/{sizes.repeats}): {cfg.ours_rounds} rounds of sampling and fine-tuning, "
-            f"{sizes.finetune_images} images in all")
-        ft_info = finetune_ours_in_rounds(pipeline, critic, draws[name], sizes, cfg, s, 0, say)
-    elif name != "pretrained":
-        say(f"arm '{name}' (repeat {rep + 1}/{sizes.repeats}): drawing {sizes.finetune_images} fine-tuning images, fine-tuning")
-        with torch.no_grad():
-            batches, ft_info = draw_finetune_set(pipeline, draws[name], sizes.finetune_images, sizes.finetune_batch,
-                                                 cfg.finetune, seed=s + 100, score=scorers.get(name))
-        stats = finetune_critic(critic, batches * sizes.finetune_epochs, cfg.finetune, source=source, seed=s)
-        ft_info.update(stats.as_dict())
-    return ft_info
+    return batches, info
 
 
 def timed_arm_repeat(ctx: ArmContext, task: Task, say: Optional[Say] = None) -> tuple[dict[str, Any], float]:

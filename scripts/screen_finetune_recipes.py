@@ -1,14 +1,17 @@
 """Screen fine-tuning recipes on ``ns-posegen-experiment``'s own draws, over repeats, at a fraction of its cost.
 
 Loads a trained ``ns-train posegen-human`` run (:func:`posegen_ns.experiment.load_trained_pipeline`), draws each
-arm's fine-tuning set for each repeat exactly as the experiment does (same seeds, the same per-repeat sampler for
-``ours``: :func:`posegen_ns.experiment_tasks.run_arm_repeat`), caches them under ``--cache-dir`` (``--draw-images``
-usable images each; the first ``N`` of them are the experiment's set of ``N`` images), then for each ``--variants``
+arm's fine-tuning set for each repeat with the experiment's own draw (:func:`posegen_ns.experiment_tasks.draw_arm_set`:
+same seeds, the same per-repeat samplers for ``ours``, ``--ours-samplers`` of them), caches them under ``--cache-dir``
+(``--draw-images`` usable images each; the first ``N`` of them are the experiment's set of ``N`` images when ``N`` is
+a multiple of the batch times the samplers per repeat), then for each ``--variants``
 entry fine-tunes a copy of the pre-trained critic on every cached set and scores it on the preset's evaluation set.
 With the experiment's recipe the figures are the experiment's, repeat for repeat (checked 2026-12-06 on the stop-20
 ``cpu`` run: random-prior 311.1, 307.3, 296.9, 300.2, 326.3 and ours 288.0 ... 302.7 mm, as its JSON), so a variant
-costs only its fine-tuning and evaluation (about 68 s per arm x repeat at 320 images on the 2-core CPU), not the
-drawing and the samplers' learning again.
+costs only its fine-tuning and evaluation (about 68 s per arm x repeat at 320 images, 80 s at 640 images and 2 epochs,
+on the 2-core CPU), not the drawing and the samplers' learning again. Size options of the experiment
+(``--ours-samplers``, ``--loop-steps``: the per-repeat samplers' steps) change the draws, and the cache's file names
+with them.
 
 A variant is a JSON object: ``tag``; optional ``images`` (first N cached images, default the preset's
 ``finetune_images``), ``epochs`` (default the preset's), ``repeats`` (list of repeat indices, default all), ``sampler_offsets`` (list [k1, k2, ...]: ours' images in equal
@@ -25,14 +28,14 @@ JSON line to ``--out``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import torch
 import tyro
@@ -41,11 +44,9 @@ from posegen_ns.atomic_io import check_torch_file, read_cache, torch_save, write
 from posegen_ns.critic.finetune import finetune_critic
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.experiment import load_trained_pipeline
-from posegen_ns.experiment_arms import (
-    build_eval_set, draw_finetune_set, evaluate_critic_on, sampler_restored, use_camera_ranges,
-)
+from posegen_ns.experiment_arms import build_eval_set, evaluate_critic_on, use_camera_ranges
 from posegen_ns.experiment_config import ExperimentConfig, SamplerOverrides
-from posegen_ns.experiment_tasks import ArmContext
+from posegen_ns.experiment_tasks import ArmContext, draw_arm_set, repeat_seed
 from posegen_ns.stats import mean_ci95, paired_difference_ci95
 
 SCREEN_ARMS = ("random-prior", "mining", "ours", "ours-mesh")
@@ -72,54 +73,75 @@ class ScreenConfig:
     """Folder of the cached draws (``ARM-REP-N.pt``), kept between calls."""
     out: Path = Path("screen-results.jsonl")
     """JSON lines, one per variant, appended."""
+    ours_samplers: Optional[int] = None
+    """Samplers per repeat of ours (``ns-posegen-experiment --ours-samplers``; default the preset's)."""
+    loop_steps: Optional[int] = None
+    """Steps of each per-repeat sampler (``ns-posegen-experiment --loop-steps``; default the preset's)."""
     sampler: SamplerOverrides = dataclasses.field(default_factory=SamplerOverrides)
     """Sampler settings of the draws (``--sampler.roll-range -1.57 1.57`` ...), as ``ns-posegen-experiment``'s: camera
     ranges for every arm, the rest for ours' per-repeat samplers. Use another ``--cache-dir`` per setting."""
 
 
+def cache_path(cfg: ScreenConfig, ctx: ArmContext, name: str, rep: int) -> Path:
+    """``ARM-REP-N-<digest>.pt``: the digest covers everything the draw depends on besides the arm and repeat (the run,
+    the seed, the samplers per repeat and their steps, the sampler overrides, the outlier filter), so a cache made
+    under other settings is never read for these."""
+    exp, sizes = ctx.cfg, ctx.sizes
+    setting = {"load_config": str(Path(cfg.load_config).resolve()), "seed": exp.seed, "batch": sizes.finetune_batch,
+               "ours_samplers": sizes.ours_samplers, "sampler_steps": exp.relearn_steps or sizes.loop_steps,
+               "sampler": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.sampler.given().items()},
+               "filter": [exp.finetune.max_error_mm, exp.finetune.min_error_mm, exp.finetune.joint_margin_px,
+                          exp.finetune.max_box_outside]}
+    digest = hashlib.sha1(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:10]
+    return cfg.cache_dir / f"{name}-{rep}-{cfg.draw_images}-{digest}.pt"
+
+
 def cached_draws(cfg: ScreenConfig, ctx: ArmContext) -> None:
-    """Draw and cache (written to a temporary name, then renamed) every arm x repeat set not cached yet."""
+    """Draw (:func:`posegen_ns.experiment_tasks.draw_arm_set`, the experiment's own draw) and cache (written to a
+    temporary name, then renamed) every arm x repeat set not cached yet."""
     cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-    draws, scorers = ctx.draws()
-    exp, sizes, pipeline = ctx.cfg, ctx.sizes, ctx.pipeline
     for name in cfg.arms:
         for rep in range(cfg.repeats):
-            path = cfg.cache_dir / f"{name}-{rep}-{cfg.draw_images}.pt"
+            path = cache_path(cfg, ctx, name, rep)
             if read_cache(path, check_torch_file, what="draw") is not None:  # a damaged one is removed and redrawn
                 continue
-            t, s = time.time(), exp.seed + 10000 * rep  # run_arm_repeat's seeds
-            per_repeat = name in ("ours", "ours-mesh")
-            with sampler_restored(pipeline) if per_repeat else contextlib.nullcontext():
-                sampler = ctx.use_repeat_sampler(rep) if per_repeat else None
-                torch.manual_seed(s + 1000)
-                with torch.no_grad():
-                    batches, info = draw_finetune_set(pipeline, draws[name], cfg.draw_images, sizes.finetune_batch,
-                                                      exp.finetune, seed=s + 100, score=scorers.get(name))
-            torch_save({"batches": batches, "info": info, "sampler": sampler}, path)
+            t = time.time()
+            batches, info = draw_arm_set(ctx, name, rep, cfg.draw_images)
+            # torch's global generator as the experiment's fine-tuning finds it right after this draw (seeded s + 1000
+            # before the draw; ours from several samplers draws from it when it rebuilds each sampler's networks)
+            torch_save({"batches": batches, "info": info, "rng_state": torch.get_rng_state()}, path)
             print(f"drew {name} repeat {rep}: {cfg.draw_images} images in {time.time() - t:.0f} s, "
                   f"pre-trained critic's MPJPE on them {info['mean_error_mm']:.1f} mm", flush=True)
 
 
-def load_set(cfg: ScreenConfig, name: str, rep: int, images: int, batch: int) -> list[dict[str, torch.Tensor]]:
-    """The first ``images`` cached images of ``name`` x ``rep`` as fine-tuning batches of ``batch``."""
-    path = cfg.cache_dir / f"{name}-{rep}-{cfg.draw_images}.pt"
+def load_cached(cfg: ScreenConfig, ctx: ArmContext, name: str, rep: int) -> dict[str, Any]:
+    """The cached draw of ``name`` x ``rep``: ``batches``, ``info`` and ``rng_state`` (torch's global generator after
+    the draw, as the experiment's fine-tuning of that set starts with it)."""
+    path = cache_path(cfg, ctx, name, rep)
     cached = read_cache(path, lambda p: torch.load(p, weights_only=False), what="cached draw")
     if cached is None:
         raise PoseGenInputError(f"{path}: no cached draw of {name} repeat {rep}; raise --repeats to cover every repeat a "
                                 "variant reads (the missing draws are made first).")
+    return cached
+
+
+def load_set(cfg: ScreenConfig, ctx: ArmContext, name: str, rep: int, images: int) -> list[dict[str, torch.Tensor]]:
+    """The first ``images`` cached images of ``name`` x ``rep`` as fine-tuning batches of the preset's size."""
+    batch = ctx.sizes.finetune_batch
+    cached = load_cached(cfg, ctx, name, rep)
     if images > cfg.draw_images:
         raise PoseGenInputError(f"a variant asks for {images} images but --draw-images is {cfg.draw_images}; raise it.")
     allb = {k: torch.cat([b[k] for b in cached["batches"]])[:images] for k in cached["batches"][0]}
     return [{k: v[i : i + batch] for k, v in allb.items()} for i in range(0, images, batch)]
 
 
-def multi_sampler_set(cfg: ScreenConfig, reps: list[int], images: int, batch: int) -> list[dict[str, torch.Tensor]]:
+def multi_sampler_set(cfg: ScreenConfig, ctx: ArmContext, reps: list[int], images: int) -> list[dict[str, torch.Tensor]]:
     """Ours drawn from ``len(reps)`` samplers: the first ``images / len(reps)`` cached images of ours x each repeat in
     ``reps`` (each another sampler training), batch by batch in turn."""
-    n = len(reps)
+    n, batch = len(reps), ctx.sizes.finetune_batch
     if images % (n * batch):
         raise PoseGenInputError(f"a {n}-sampler variant needs images divisible by {n} x {batch} (got {images}).")
-    sets = [load_set(cfg, "ours", r, images // n, batch) for r in reps]
+    sets = [load_set(cfg, ctx, "ours", r, images // n) for r in reps]
     return [b for group in zip(*sets) for b in group]
 
 
@@ -138,13 +160,13 @@ def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[
     for name in cfg.arms:
         mpjpe[name] = []
         for rep in reps:
-            t, s = time.time(), exp.seed + 10000 * rep
+            t, s = time.time(), repeat_seed(exp.seed, rep)
             critic = copy.deepcopy(pipeline.critic)
-            torch.manual_seed(s + 1000)
+            torch.set_rng_state(load_cached(cfg, ctx, name, rep)["rng_state"])  # as the experiment's fine-tuning
             if offsets and name == "ours":
-                batches = multi_sampler_set(cfg, [rep] + [rep + k for k in offsets], images, sizes.finetune_batch)
+                batches = multi_sampler_set(cfg, ctx, [rep] + [rep + k for k in offsets], images)
             else:
-                batches = load_set(cfg, name, rep, images, sizes.finetune_batch)
+                batches = load_set(cfg, ctx, name, rep, images)
             finetune_critic(critic, batches * epochs, recipe, source=source, seed=s)
             mpjpe[name].append(evaluate_critic_on(critic, ctx.eval_set)["overall"]["mpjpe_mm"])
             print(f"{tag} {name} repeat {rep}: {mpjpe[name][-1]:.1f} mm ({time.time() - t:.0f} s)", flush=True)
@@ -177,7 +199,8 @@ def main(cfg: ScreenConfig) -> None:
             raise PoseGenInputError(f"--variants {text!r} is not JSON ({err}); e.g. '{{\"tag\": \"lr5e-5\", \"lr\": 5e-5}}'.")
         if "tag" not in variants[-1]:
             raise PoseGenInputError(f"--variants {text!r}: each variant needs a \"tag\".")
-    exp = ExperimentConfig(preset=cfg.preset, load_config=cfg.load_config, sampler=cfg.sampler)
+    exp = ExperimentConfig(preset=cfg.preset, load_config=cfg.load_config, sampler=cfg.sampler,
+                           ours_samplers=cfg.ours_samplers, loop_steps=cfg.loop_steps)
     sizes = exp.sizes()
     pipeline = load_trained_pipeline(cfg.load_config)
     use_camera_ranges(pipeline, cfg.sampler)  # as run_experiment: every arm's cameras
