@@ -72,8 +72,9 @@ class ExperimentSizes:
     """Samplers each repeat of ours (and ours-mesh) learns from scratch, at most :data:`MAX_OURS_SAMPLERS`; its
     fine-tuning batches are drawn from them in turn (batch ``i`` from sampler ``i mod N``), so the learned hard
     distribution is a mixture of ``N`` independent trainings. One training settles on a few hard views and poses,
-    which differ from training to training (stop 19); two per repeat at 640 images cut ours' error by 7 mm against
-    one (stop 21). Needs ``--ours-sampler per-repeat`` and ``--ours-rounds 1`` when above 1."""
+    which differ from training to training (stop 19); at 640 images four per repeat put ours 11 mm below random prior
+    poses where one did not (stop 22 screening, docs/experiment_history.md). Needs ``--ours-sampler per-repeat`` and
+    ``--ours-rounds 1`` when above 1."""
 
 
 MAX_OURS_SAMPLERS = 9
@@ -263,7 +264,8 @@ class ExperimentConfig(ExperimentSizes):
                 raise PoseGenInputError(
                     f"ns-posegen-experiment: --ours-samplers {sizes.ours_samplers} learns that many samplers per repeat: "
                     "it needs --ours-sampler per-repeat and --ours-rounds 1 (got "
-                    f"--ours-sampler {self.ours_sampler}, --ours-rounds {self.ours_rounds})."
+                    f"--ours-sampler {self.ours_sampler}, --ours-rounds {self.ours_rounds}); add --ours-samplers 1 to "
+                    f"draw ours from one sampler (the '{self.preset}' preset learns {PRESETS[self.preset].ours_samplers})."
                 )
             if sizes.finetune_images < sizes.ours_samplers * sizes.finetune_batch:
                 raise PoseGenInputError(
