@@ -66,7 +66,9 @@ class ScreenConfig:
     arms: tuple[str, ...] = ("random-prior", "ours")
     """Arms to draw and fine-tune."""
     repeats: int = 5
-    """Repeats to draw (repeat k uses the experiment's seeds of repeat k)."""
+    """Repeats to draw, 0 .. repeats - 1 (repeat k uses the experiment's seeds of repeat k)."""
+    only_repeats: tuple[int, ...] = ()
+    """Draw (and by default screen) only these repeats instead (e.g. ``--only-repeats 3``)."""
     draw_images: int = 640
     """Usable images drawn and cached per arm x repeat (a variant's ``images`` may not exceed it)."""
     cache_dir: Path = Path("screen-cache")
@@ -96,12 +98,17 @@ def cache_path(cfg: ScreenConfig, ctx: ArmContext, name: str, rep: int) -> Path:
     return cfg.cache_dir / f"{name}-{rep}-{cfg.draw_images}-{digest}.pt"
 
 
+def drawn_repeats(cfg: ScreenConfig) -> list[int]:
+    """The repeats the script draws: ``--only-repeats``, else 0 .. ``--repeats`` - 1."""
+    return list(cfg.only_repeats) if cfg.only_repeats else list(range(cfg.repeats))
+
+
 def cached_draws(cfg: ScreenConfig, ctx: ArmContext) -> None:
     """Draw (:func:`posegen_ns.experiment_tasks.draw_arm_set`, the experiment's own draw) and cache (written to a
     temporary name, then renamed) every arm x repeat set not cached yet."""
     cfg.cache_dir.mkdir(parents=True, exist_ok=True)
     for name in cfg.arms:
-        for rep in range(cfg.repeats):
+        for rep in drawn_repeats(cfg):
             path = cache_path(cfg, ctx, name, rep)
             if read_cache(path, check_torch_file, what="draw") is not None:  # a damaged one is removed and redrawn
                 continue
@@ -151,7 +158,7 @@ def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[
     v = dict(variant)
     tag = v.pop("tag")
     images, epochs = v.pop("images", sizes.finetune_images), v.pop("epochs", sizes.finetune_epochs)
-    reps = v.pop("repeats", list(range(cfg.repeats)))
+    reps = v.pop("repeats", drawn_repeats(cfg))
     second = v.pop("second_sampler_offset", None)
     offsets = v.pop("sampler_offsets", [] if second is None else [second])
     recipe = dataclasses.replace(exp.finetune, **v)
