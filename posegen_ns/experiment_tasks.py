@@ -286,6 +286,13 @@ def sampler_shares(num_images: int, batch: int, num_samplers: int) -> list[int]:
     return [sum(sizes[j::num_samplers]) for j in range(num_samplers)]
 
 
+def interleave_batches(parts: list[list[Any]]) -> list[Any]:
+    """Several samplers' fine-tuning batches in turn: ``parts[0][0], parts[1][0], ..., parts[0][1], parts[1][1], ...``
+    (a part that runs out is skipped). With parts that shrink by at most one batch from first to last (as
+    :func:`sampler_shares` gives) batch ``i`` comes from part ``i mod N``."""
+    return [p[i] for i in range(max((len(p) for p in parts), default=0)) for p in parts if i < len(p)]
+
+
 def draw_from_samplers(ctx: ArmContext, name: str, rep: int, num_images: int
                        ) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
     """:func:`draw_arm_set`'s draw for ``--ours-samplers N > 1`` (call it where that does: inside
@@ -305,7 +312,7 @@ def draw_from_samplers(ctx: ArmContext, name: str, rep: int, num_images: int
                                               seed=s + 100 + j, score=scorers.get(name))
         parts.append(batches)
         infos.append(info)
-    batches = [parts[i % n][i // n] for i in range(sum(len(p) for p in parts))]
+    batches = interleave_batches(parts)
     info = {
         "drawn": sum(i["drawn"] for i in infos), "kept": sum(i["kept"] for i in infos),
         "dropped_by": {k: sum(i["dropped_by"][k] for i in infos) for k in infos[0]["dropped_by"]},

@@ -46,7 +46,7 @@ from posegen_ns.errors import PoseGenInputError
 from posegen_ns.experiment import load_trained_pipeline
 from posegen_ns.experiment_arms import build_eval_set, evaluate_critic_on, use_camera_ranges
 from posegen_ns.experiment_config import ExperimentConfig, SamplerOverrides
-from posegen_ns.experiment_tasks import ArmContext, draw_arm_set, repeat_seed
+from posegen_ns.experiment_tasks import ArmContext, draw_arm_set, interleave_batches, repeat_seed
 from posegen_ns.stats import mean_ci95, paired_difference_ci95
 
 SCREEN_ARMS = ("random-prior", "mining", "ours", "ours-mesh")
@@ -149,7 +149,7 @@ def multi_sampler_set(cfg: ScreenConfig, ctx: ArmContext, reps: list[int], image
     if images % (n * batch):
         raise PoseGenInputError(f"a {n}-sampler variant needs images divisible by {n} x {batch} (got {images}).")
     sets = [load_set(cfg, ctx, "ours", r, images // n) for r in reps]
-    return [b for group in zip(*sets) for b in group]
+    return interleave_batches(sets)
 
 
 def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[str, Any]:

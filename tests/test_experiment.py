@@ -31,6 +31,15 @@ def results(tmp_path_factory):
     return root, returned
 
 
+def reuse_config(root: Path, name: str, config: Path, **sizes) -> ExperimentConfig:
+    """An experiment that reuses the module's trained run (``--load-config``) at the smallest evaluation (one frame,
+    two cameras, one elevation, 32 px) and fine-tuning (batches of 2, one epoch); ``sizes`` add or override fields."""
+    base = dict(preset="tiny", output_dir=root / name, load_config=config, eval_poses=root / "eval_poses", device="cpu",
+                sampler_batch=2, finetune_batch=2, finetune_epochs=1, eval_max_frames=1, eval_cameras=2,
+                eval_elevations=(0.0,), eval_resolution=32)
+    return ExperimentConfig(**(base | sizes))
+
+
 def test_json_schema_and_rows(results):
     root, returned = results
     data = json.loads((root / "out" / "results.json").read_text())
@@ -76,11 +85,8 @@ def test_load_config_reuses_a_trained_run(results, monkeypatch):
     original = exp.load_trained_pipeline
     monkeypatch.setattr(exp, "load_trained_pipeline",
                         lambda path, critic_checkpoint=None: loaded.setdefault("pipeline", original(path, critic_checkpoint)))
-    cfg = ExperimentConfig(
-        preset="tiny", output_dir=root / "reuse", load_config=configs[0], eval_poses=root / "eval_poses", device="cpu",
-        gan_steps=1, sampler_batch=2, finetune_images=2, finetune_batch=2, finetune_epochs=1, eval_max_frames=1,
-        eval_cameras=2, eval_elevations=(0.0,), eval_resolution=32, repeats=1, arms=("pretrained", "random-prior", "ours"),
-    )
+    cfg = reuse_config(root, "reuse", configs[0], gan_steps=1, finetune_images=2, repeats=1,
+                       arms=("pretrained", "random-prior", "ours"))
     again = run_experiment(cfg)
     assert not (root / "reuse" / "ns-train").exists()
     assert [r["name"] for r in again["rows"]] == ["pretrained", "random-prior", "ours"]
@@ -147,13 +153,8 @@ def test_relearn_ours_with_sampler_overrides(results):
     is_prior = [bool(((bank - mixed.body_pose[i]).abs().amax(-1) < 1e-6).any()) for i in range(4)]
     assert is_prior == [False, False, True, True]
 
-    cfg = ExperimentConfig(
-        preset="tiny", output_dir=root / "relearn", load_config=config, eval_poses=root / "eval_poses", device="cpu",
-        arms=("pretrained", "ours"), relearn_steps=2, ours_sampler="shared", sampler=SamplerOverrides(max_residual=0.2),
-        ours_prior_fraction=0.5, repeats=2,
-        sampler_batch=2, finetune_images=2, finetune_batch=2, finetune_epochs=1, eval_max_frames=1, eval_cameras=2,
-        eval_elevations=(0.0,), eval_resolution=32,
-    )
+    cfg = reuse_config(root, "relearn", config, arms=("pretrained", "ours"), relearn_steps=2, ours_sampler="shared",
+                       sampler=SamplerOverrides(max_residual=0.2), ours_prior_fraction=0.5, repeats=2, finetune_images=2)
     out = run_experiment(cfg)
     assert [r["name"] for r in out["rows"]] == ["pretrained", "ours"]
     assert out["config"]["relearn"]["sampler"] == {"max_residual": 0.2} and out["config"]["sampler"]["max_residual"] == 0.2
@@ -240,11 +241,7 @@ def test_ours_in_rounds(results, monkeypatch):
         return p
 
     monkeypatch.setattr(exp, "load_trained_pipeline", load)
-    cfg = ExperimentConfig(
-        preset="tiny", output_dir=root / "rounds", load_config=config, eval_poses=root / "eval_poses", device="cpu",
-        arms=("ours",), ours_rounds=2, round_steps=1, repeats=2, sampler_batch=2, finetune_images=4, finetune_batch=2,
-        finetune_epochs=1, eval_max_frames=1, eval_cameras=2, eval_elevations=(0.0,), eval_resolution=32,
-    )
+    cfg = reuse_config(root, "rounds", config, arms=("ours",), ours_rounds=2, round_steps=1, repeats=2, finetune_images=4)
     out = run_experiment(cfg)
     (ours,) = out["rows"]
     assert out["config"]["ours_rounds"] == 2 and out["config"]["round_steps"] == 1
@@ -472,9 +469,12 @@ def test_sampler_steps_are_bit_reproducible_on_several_threads():
 
 def test_sampler_shares_by_hand():
     """Batch i comes from sampler i mod N; the last batch may be short."""
-    from posegen_ns.experiment_tasks import sampler_shares
+    from posegen_ns.experiment_tasks import interleave_batches, sampler_shares
 
     assert sampler_shares(100, 16, 2) == [52, 48]  # batches 16,16,16,16,16,16,4: 0,2,4,6 -> 52; 1,3,5 -> 48
+    # sampler 0's 52 images are batches a0 a1 a2 (16) and a3 (4), sampler 1's 48 are b0 b1 b2: the short one comes last
+    assert interleave_batches([["a0", "a1", "a2", "a3"], ["b0", "b1", "b2"]]) == ["a0", "b0", "a1", "b1", "a2", "b2", "a3"]
+    assert interleave_batches([["a0"], ["b0"], []]) == ["a0", "b0"] and interleave_batches([]) == []
     assert sampler_shares(640, 16, 2) == [320, 320]
     assert sampler_shares(48, 8, 3) == [16, 16, 16]
     assert sampler_shares(10, 4, 1) == [10]
@@ -516,11 +516,8 @@ def test_ours_from_several_samplers(results, monkeypatch):
 
     monkeypatch.setattr(tasks, "draw_finetune_set", draw)
     monkeypatch.setattr(finetune, "finetune_critic", tune)
-    cfg = ExperimentConfig(
-        preset="tiny", output_dir=root / "samplers", load_config=config, eval_poses=root / "eval_poses", device="cpu",
-        arms=("ours",), ours_samplers=2, repeats=1, loop_steps=2, sampler_batch=2, finetune_images=6, finetune_batch=2,
-        finetune_epochs=1, eval_max_frames=1, eval_cameras=2, eval_elevations=(0.0,), eval_resolution=32,
-    )
+    cfg = reuse_config(root, "samplers", config, arms=("ours",), ours_samplers=2, repeats=1, loop_steps=2,
+                       finetune_images=6)
     out = run_experiment(cfg)
     (ours,) = out["rows"]
     ft = ours["per_repeat"][0]["finetune"]
