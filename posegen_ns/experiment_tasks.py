@@ -245,7 +245,8 @@ def draw_arm_set(ctx: ArmContext, name: str, rep: int, num_images: int) -> tuple
     ``--ours-samplers`` samplers are learned (or taken from the context's cache) first, inside
     :func:`~posegen_ns.experiment_arms.sampler_restored`; then torch's global generator is seeded ``s + 1000`` and
     ``num_images`` usable images are drawn (:func:`~posegen_ns.experiment_arms.draw_finetune_set`, drawing seed ``s +
-    100``; from several samplers :func:`draw_from_samplers`). Whoever screens recipes on the experiment's sets
+    100``; from several samplers :func:`draw_from_samplers`), and the global generator is seeded ``s + 1000`` again,
+    so that fine-tuning starts from the same state in every arm. Whoever screens recipes on the experiment's sets
     (``scripts/screen_finetune_recipes.py``) calls this, so its sets are the experiment's.
 
     Returns:
@@ -270,6 +271,9 @@ def draw_arm_set(ctx: ArmContext, name: str, rep: int, num_images: int) -> tuple
             with torch.no_grad():
                 batches, info = draw_finetune_set(pipeline, draws[name], num_images, sizes.finetune_batch,
                                                   cfg.finetune, seed=s + 100, score=scorers.get(name))
+    # fine-tuning (its dropout) starts from the same global state in every arm, whatever the draw consumed (several
+    # samplers rebuild their networks from torch's global generator while they draw)
+    torch.manual_seed(s + 1000)
     if samplers:
         info["sampler"], info["samplers"] = samplers[0], samplers
     return batches, info

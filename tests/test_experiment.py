@@ -512,7 +512,10 @@ def test_ours_from_several_samplers(results, monkeypatch):
 
     def tune(critic, batches, *args, **kwargs):
         tuned.append(list(batches))
+        rng.append(torch.get_rng_state())
         return real_finetune(critic, batches, *args, **kwargs)
+
+    rng = []
 
     monkeypatch.setattr(tasks, "draw_finetune_set", draw)
     monkeypatch.setattr(finetune, "finetune_critic", tune)
@@ -529,3 +532,7 @@ def test_ours_from_several_samplers(results, monkeypatch):
     a, b = drawn[0]["batches"], drawn[1]["batches"]
     assert len(order) == 3 and order[0] is a[0] and order[1] is b[0] and order[2] is a[1]
     assert sum(len(x["images"]) for x in order) == 6 and ft["steps"] == 3
+    # fine-tuning starts from torch's global generator seeded s + 1000, as in every arm (the samplers' rebuilds while
+    # drawing consumed from it)
+    torch.manual_seed(1000)
+    assert torch.equal(rng[0], torch.get_rng_state())
