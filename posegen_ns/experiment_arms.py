@@ -45,9 +45,10 @@ SAMPLER_MODULES: tuple[str, ...] = ("generator", "discriminator", "pose_regions"
 def sampler_restored(pipeline: Any) -> Iterator[None]:
     """Leave ``pipeline``'s sampler as it was, whatever the block does to it (re-learning it from scratch,
     :func:`relearn_sampler`; training it on, :func:`sampler_steps`): on exit the generator, discriminator and pose
-    regions (the same objects, their weights and statistics as on entry), the hardness reference, the sampler
+    regions (the same objects, their weights and statistics as on entry), a mixture's further samplers
+    (``other_samplers``, the same objects), the hardness reference, the sampler
     settings and ranges, the drawing generator ``noise`` and the critic are put back, also when the block raises."""
-    objects = {k: getattr(pipeline, k) for k in (*SAMPLER_MODULES, "critic")}
+    objects = {k: getattr(pipeline, k) for k in (*SAMPLER_MODULES, "other_samplers", "critic")}
     states = {k: copy.deepcopy(objects[k].state_dict()) for k in SAMPLER_MODULES}
     config, ranges, noise = pipeline.config.sampler, pipeline.ranges, pipeline.noise
     reference = pipeline.reference_error.clone()
@@ -124,6 +125,7 @@ def relearn_sampler(pipeline: Any, steps: int, overrides: Any = None, seed: int 
         pipeline.config.sampler = overrides.apply(pipeline.config.sampler)
     pipeline.ranges = pipeline.config.sampler.ranges()
     torch.manual_seed(seed)
+    pipeline.other_samplers = torch.nn.ModuleList()  # one sampler (a run's mixture is not re-learned here)
     pipeline.generator, pipeline.discriminator = pipeline.make_sampler_networks(dev)
     pipeline.pose_regions = pipeline.make_pose_regions()
     pipeline.noise = torch.Generator().manual_seed(seed)
@@ -137,7 +139,17 @@ def sampler_steps(pipeline: Any, steps: int, lr: float = 1e-3) -> None:
     with a fresh Adam at ``lr``; the hardness reference (the critic's running error on prior samples) restarts
     from this critic. Every parameter is left frozen. On the CPU the steps compute with torch's deterministic
     algorithms (:func:`deterministic_on_cpu`), so the same seed gives the same sampler bit for bit in any process (a Ray
-    worker, the driver) with the same torch thread count."""
+    worker, the driver) with the same torch thread count.
+
+    Raises:
+        PoseGenInputError: the pipeline holds several samplers (``--pipeline.sampler.num-samplers``): these steps
+            train one.
+    """
+    if pipeline.num_samplers > 1:
+        raise PoseGenInputError(
+            f"the run holds {pipeline.num_samplers} samplers (--pipeline.sampler.num-samplers) and these sampler steps train "
+            "one: use --ours-sampler per-repeat (re-learned samplers) or a run with one sampler."
+        )
     pipeline.reference_error.fill_(float("nan"))
     for p in pipeline.parameters():
         p.requires_grad_(False)

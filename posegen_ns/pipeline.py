@@ -25,6 +25,7 @@ folder.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type
@@ -46,6 +47,7 @@ from posegen_ns.metrics import circular_spread
 from posegen_ns.model import PoseGenHumanModelConfig
 from posegen_ns.sampler.config import SamplerConfig
 from posegen_ns.sampler.mirror import mirror_samples
+from posegen_ns.sampler.mixture import SamplerSlot, mixture_order, mixture_shares
 from posegen_ns.sampler import (
     CameraRanges,
     HardPoseGenerator,
@@ -147,7 +149,8 @@ class PoseGenPipelineConfig(VanillaPipelineConfig):
 
 class PoseGenPipeline(VanillaPipeline):
     """See the module docstring. Attributes: ``datamanager``, ``model`` (the field), ``generator``
-    and ``discriminator`` (the sampler), ``critic`` (frozen), ``pose_bank`` (real mocap poses)."""
+    and ``discriminator`` (the sampler; with ``--pipeline.sampler.num-samplers N > 1`` sampler 0, the others in
+    ``other_samplers``: :mod:`posegen_ns.sampler.mixture`), ``critic`` (frozen), ``pose_bank`` (real mocap poses)."""
 
     config: PoseGenPipelineConfig
 
@@ -191,6 +194,13 @@ class PoseGenPipeline(VanillaPipeline):
         self.register_buffer("prior_global_orient", bank.global_orient.float().to(device))
         self.register_buffer("reference_error", torch.tensor(float("nan"), device=device))
         self.pose_regions = self.make_pose_regions()
+        if config.sampler.num_samplers < 1:
+            raise PoseGenInputError(f"--pipeline.sampler.num-samplers must be at least 1 (got {config.sampler.num_samplers}).")
+        self.other_samplers = torch.nn.ModuleList(
+            SamplerSlot(*self.make_sampler_networks(device), self.make_pose_regions(), device)
+            for _ in range(config.sampler.num_samplers - 1)
+        )
+        self._active_sampler: Optional[int] = None  # inside using_sampler: the one in use (draws are not mixed)
         self.critic = load_configured_critic(config.critic, body_source).to(device)  # posegen_ns.critic.loading
         for p in self.critic.parameters():
             p.requires_grad_(False)
@@ -239,6 +249,44 @@ class PoseGenPipeline(VanillaPipeline):
                            s.region_uniform_mix, seed=self.config.seed, shrink_count=s.region_shrink_count)
 
     @property
+    def num_samplers(self) -> int:
+        """Samplers of this pipeline: 1 + ``len(other_samplers)``."""
+        return 1 + len(self.other_samplers)
+
+    @contextmanager
+    def using_sampler(self, index: int):
+        """Within the block sampler ``index`` (0 .. :attr:`num_samplers` - 1) is the pipeline's ``generator``,
+        ``discriminator``, ``pose_regions`` and ``reference_error`` (a loop step trains it, a hard draw draws from it
+        alone); on exit sampler 0 is back in place, also when the block raises. Gradients of losses computed inside
+        reach that sampler's parameters whenever backward runs.
+
+        Raises:
+            IndexError: ``index`` is not a sampler of this pipeline.
+        """
+        if not 0 <= index < self.num_samplers:
+            raise IndexError(f"sampler {index} of a pipeline with {self.num_samplers}")
+        previous, self._active_sampler = self._active_sampler, index
+        slot = self.other_samplers[index - 1] if index > 0 else None
+        if slot is not None:
+            self._swap(slot)
+        try:
+            yield
+        finally:
+            if slot is not None:
+                self._swap(slot)
+            self._active_sampler = previous
+
+    def _swap(self, slot: SamplerSlot) -> None:
+        """Exchange sampler 0 (the pipeline's own modules and reference) with ``slot``'s."""
+        for name in ("generator", "discriminator", "pose_regions"):
+            mine, theirs = getattr(self, name), getattr(slot, name)
+            setattr(self, name, theirs)
+            setattr(slot, name, mine)
+        ref = self.reference_error.clone()
+        self.reference_error.copy_(slot.reference_error)
+        slot.reference_error.copy_(ref)
+
+    @property
     def loop_started(self) -> bool:
         return bool(torch.isfinite(self.reference_error))
 
@@ -249,8 +297,9 @@ class PoseGenPipeline(VanillaPipeline):
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         groups = self.model.get_param_groups()
-        groups["generator"] = list(self.generator.parameters())
-        groups["discriminator"] = list(self.discriminator.parameters())
+        groups["generator"] = [*self.generator.parameters(), *(p for s in self.other_samplers for p in s.generator.parameters())]
+        groups["discriminator"] = [*self.discriminator.parameters(),
+                                   *(p for s in self.other_samplers for p in s.discriminator.parameters())]
         if self.finetunes_critic:
             groups["critic"] = list(self.critic.parameters())
         return groups
@@ -277,8 +326,17 @@ class PoseGenPipeline(VanillaPipeline):
         """Draw (pose, camera) samples: from the generator (``hard``; a ``sampler.mirror_fraction`` share of them
         mirrored left-right, :func:`~posegen_ns.sampler.mirror.mirror_samples`) or from the prior (real mocap
         poses, cameras uniform in the ranges). Differentiable in the generator's parameters.
-        ``paired``: the second half of the batch reuses the first half's real poses (with other noise)."""
+        ``paired``: the second half of the batch reuses the first half's real poses (with other noise).
+        With several samplers (``--pipeline.sampler.num-samplers``) and outside :meth:`using_sampler`, hard sample
+        ``i`` comes from sampler ``i mod N`` (each draws its share in turn with ``noise``)."""
         noise = noise or self.noise
+        if hard and self.num_samplers > 1 and self._active_sampler is None:
+            parts = []
+            for k, share in enumerate(mixture_shares(num, self.num_samplers)):
+                if share:
+                    with self.using_sampler(k):
+                        parts.append(self.draw(share, hard=True, noise=noise, paired=paired))
+            return concat_samples(parts).take(mixture_order(num, self.num_samplers))
         dev = self.prior_body_pose.device
         if hard and self.pose_regions.num_regions > 1:
             idx = self.pose_regions.sample_indices(num, noise).cpu()
@@ -327,7 +385,8 @@ class PoseGenPipeline(VanillaPipeline):
             return outputs, self.model.get_loss_dict(outputs, batch, metrics), metrics
         if phase == "finetune":
             return self._finetune_step()
-        return self.loop_step()
+        with self.using_sampler(step % self.num_samplers):  # the samplers take turns
+            return self.loop_step()
 
     def load_pipeline(self, loaded_state: Dict[str, Any], step: int) -> None:
         """nerfstudio's checkpoint loading (``--load-dir``, ``--load-config``), after checking that the
@@ -337,9 +396,18 @@ class PoseGenPipeline(VanillaPipeline):
 
         Raises:
             PoseGenInputError: the checkpoint has no pose-dependent residual (written before it existed,
-                or with ``--pipeline.model.pose-residual False``) while this run has one, or the reverse;
-                the message names the option that makes them agree.
+                or with ``--pipeline.model.pose-residual False``) while this run has one, or the reverse; or it holds
+                another number of samplers than ``--pipeline.sampler.num-samplers``; the message names the option
+                that makes them agree.
         """
+        slots = {int(k.replace("module.", "").split(".")[1]) for k in loaded_state
+                 if k.replace("module.", "").startswith("other_samplers.")}
+        held = 1 + (max(slots) + 1 if slots else 0)
+        if held != self.num_samplers:
+            raise PoseGenInputError(
+                f"checkpoint at step {step} holds {held} sampler(s) but this run is configured with {self.num_samplers}: add "
+                f"--pipeline.sampler.num-samplers {held} to load it."
+            )
         has = any(k.replace("module.", "").startswith("_model.field.pose_residual.") for k in loaded_state)
         wants = self.model.field.pose_residual is not None
         if has != wants:

@@ -433,6 +433,7 @@ class _IndexingPipeline(torch.nn.Module):
         self.register_buffer("reference_error", torch.tensor(float("nan")))
         self.register_buffer("idx", torch.randint(64, (100_000,), generator=g))
         self.register_buffer("x", torch.randn(100_000, 64, generator=g))
+        self.num_samplers = 1
 
     def loop_step(self):
         rows = self.generator.weight[self.idx]  # (100000, 64)

@@ -32,12 +32,15 @@ def train_tiny_run(root: Path) -> Path:
     return config
 
 
-def tiny_pipeline(root: Path) -> Any:
-    """A tiny PoseGenPipeline (tiny body, 40 px capture under ``root``, untrained field) built in-process on the CPU."""
+def tiny_pipeline(root: Path, **sampler: Any) -> Any:
+    """A tiny PoseGenPipeline (tiny body, 40 px capture under ``root``, untrained field) built in-process on the CPU;
+    ``sampler`` overrides fields of its :class:`~posegen_ns.sampler.config.SamplerConfig` (e.g. ``num_samplers=2``)."""
     from posegen_ns.configs import posegen_human_tiny
     from posegen_ns.data.default_capture import build_default_capture
 
     capture = build_default_capture(root / "capture", body="tiny", num_cameras=2, resolution=40, frame_stride=24)
     config = copy.deepcopy(posegen_human_tiny.config)
     config.pipeline.datamanager.data = Path(capture)
+    for name, value in sampler.items():
+        setattr(config.pipeline.sampler, name, value)
     return config.pipeline.setup(device="cpu", test_mode="val")

@@ -47,6 +47,12 @@ class SamplerConfig:
     """Floor on the spread (radians) of the azimuth's wrapped normal (full-circle azimuth range)."""
     max_azimuth_std: float = 2.0
     """Cap on the spread (radians) of the azimuth's wrapped normal."""
+    num_samplers: int = 1
+    """Samplers learned side by side in the loop (step ``i`` trains sampler ``i mod N``), each with its own generator,
+    discriminator, pose regions and hardness reference; hard draws (export, viewer, fine-tuning rounds) take sample
+    ``i`` from sampler ``i mod N``. One training settles on a few hard regions; a mixture covers several
+    (``ns-posegen-experiment --ours-samplers``, README). Each sampler gets ``1 / N`` of the loop steps: raise
+    ``--pipeline.loop-steps-per-round`` or ``--max-num-iterations`` with it."""
     num_regions: int = 16
     """Regions the pose prior is cut into (:class:`~posegen_ns.sampler.regions.PoseRegions`, k-means on body pose and
     up axis); hard draws pick a region by the critic's running error there (harder regions more often), then a frame

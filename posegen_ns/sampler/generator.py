@@ -100,6 +100,12 @@ class PoseCameraSample:
 
     POSE_DIM = 72  # global_orient (3) + body_pose (69) in :meth:`flat`
 
+    def take(self, index: Tensor) -> "PoseCameraSample":
+        """The samples at ``index`` (``(M,)`` long), every tensor field indexed along the batch (None stays None)."""
+        pick = lambda x: None if x is None else x[index.to(x.device)]  # noqa: E731
+        return PoseCameraSample(pick(self.body_pose), pick(self.global_orient), pick(self.camera), pick(self.residual),
+                                pick(self.noise), pick(self.prior_index))
+
     def flat(self) -> Tensor:
         """``(B, 77)``: ``[body_pose (69), global_orient (3), camera (5)]`` (the black-box sampler's search space)."""
         return torch.cat([self.body_pose, self.global_orient, self.camera], -1)
