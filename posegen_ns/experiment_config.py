@@ -91,7 +91,7 @@ PRESETS: dict[str, ExperimentSizes] = {
     ),
     "cpu": ExperimentSizes(
         body="open", capture_cameras=6, capture_resolution=128, critic_pretrain_steps=2400, critic_input_size=128,
-        field_steps=800, loop_steps=75, num_gaussians=4000, sampler_batch=6, gan_steps=150, finetune_images=640,
+        field_steps=800, loop_steps=150, num_gaussians=4000, sampler_batch=6, gan_steps=150, finetune_images=640,
         finetune_batch=16, finetune_epochs=2, eval_stride=8, eval_max_frames=6, eval_cameras=4,
         eval_elevations=(-10.0, 15.0, 45.0), eval_resolution=128, eval_distance_scales=(0.8, 1.4), critic_source="h36m",
         repeats=5, ours_samplers=4,
