@@ -160,8 +160,9 @@ def load_trained_pipeline(config_path: Path, critic_checkpoint: Optional[Path] =
     bank = load_shipped_pose_bank(split=PRIOR_SPLIT)
     pipeline.prior_body_pose = bank.body_pose.float().to(dev)
     pipeline.prior_global_orient = bank.global_orient.float().to(dev)
-    if pipeline.pose_regions.region_of.shape[0] != bank.body_pose.shape[0]:  # regions of another prior: cut this one
-        pipeline.pose_regions = pipeline.make_pose_regions()
+    for holder in (pipeline, *pipeline.other_samplers):  # every sampler of a mixture (--pipeline.sampler.num-samplers)
+        if holder.pose_regions.region_of.shape[0] != bank.body_pose.shape[0]:  # regions of another prior: cut this one
+            holder.pose_regions = pipeline.make_pose_regions()
     # the run's checkpoint holds the critic's weights as the run had them: a fine-tuned critic (rounds), or another one than
     # --critic-checkpoint names; start every arm from the pre-trained one (the configured checkpoint)
     if pipeline.config.finetune_steps_per_round > 0 or critic_checkpoint is not None:
