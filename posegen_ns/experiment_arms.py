@@ -120,14 +120,11 @@ def relearn_sampler(pipeline: Any, steps: int, overrides: Any = None, seed: int 
         ``{"steps", "sampler": {overridden field: value}, "report": hardness_report()}`` (critic MPJPE in mm on
         hard and prior samples, the hardness ratio, diversity and camera spreads after re-learning).
     """
-    dev = pipeline.prior_body_pose.device
     if overrides is not None:
         pipeline.config.sampler = overrides.apply(pipeline.config.sampler)
     pipeline.ranges = pipeline.config.sampler.ranges()
     torch.manual_seed(seed)
-    pipeline.other_samplers = torch.nn.ModuleList()  # one sampler (a run's mixture is not re-learned here)
-    pipeline.generator, pipeline.discriminator = pipeline.make_sampler_networks(dev)
-    pipeline.pose_regions = pipeline.make_pose_regions()
+    pipeline.reset_sampler()  # one sampler (a run's mixture is not re-learned here)
     pipeline.noise = torch.Generator().manual_seed(seed)
     sampler_steps(pipeline, steps, lr)
     return {"steps": steps, "sampler": overrides.given() if overrides is not None else {}, "report": pipeline.hardness_report()}

@@ -141,9 +141,7 @@ class ArmContext:
         if cfg.sampler.given():
             pipeline.config.sampler = cfg.sampler.apply(pipeline.config.sampler)
             pipeline.ranges = pipeline.config.sampler.ranges()
-        pipeline.other_samplers = torch.nn.ModuleList()  # one sampler, as relearn_sampler leaves it
-        pipeline.generator, pipeline.discriminator = pipeline.make_sampler_networks(pipeline.prior_body_pose.device)
-        pipeline.pose_regions = pipeline.make_pose_regions()
+        pipeline.reset_sampler()  # one sampler, as relearn_sampler leaves it
         for k in SAMPLER_MODULES:
             getattr(pipeline, k).load_state_dict(states[k])
         pipeline.reference_error.copy_(states["reference_error"])

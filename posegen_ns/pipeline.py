@@ -248,6 +248,14 @@ class PoseGenPipeline(VanillaPipeline):
         return PoseRegions(self.prior_body_pose, self.prior_global_orient, s.num_regions, s.region_temperature,
                            s.region_uniform_mix, seed=self.config.seed, shrink_count=s.region_shrink_count)
 
+    def reset_sampler(self) -> None:
+        """Make the pipeline's sampler one freshly initialised sampler (:meth:`make_sampler_networks`,
+        :meth:`make_pose_regions` from ``config.sampler``; a mixture's further samplers dropped), drawing its initial
+        weights from torch's global generator. The hardness reference is left as it is."""
+        self.other_samplers = torch.nn.ModuleList()
+        self.generator, self.discriminator = self.make_sampler_networks(self.prior_body_pose.device)
+        self.pose_regions = self.make_pose_regions()
+
     @property
     def num_samplers(self) -> int:
         """Samplers of this pipeline: 1 + ``len(other_samplers)``."""
