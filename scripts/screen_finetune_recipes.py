@@ -16,7 +16,9 @@ with them.
 A variant is a JSON object: ``tag``; optional ``images`` (first N cached images, default the preset's
 ``finetune_images``), ``epochs`` (default the preset's), ``repeats`` (list of repeat indices, default all), ``sampler_offsets`` (list [k1, k2, ...]: ours' images in equal
 shares from repeat r's sampler and from repeats r + k1, r + k2 ...'s, cached with ``--repeats`` covering them: ours
-drawn from several samplers; ``second_sampler_offset`` k is ``sampler_offsets`` [k]), and any
+drawn from several samplers; ``second_sampler_offset`` k is ``sampler_offsets`` [k]), ``seed_offset`` (k > 0: fine-tune
+with seed ``repeat seed + k`` for the source images and torch's global generator instead of the experiment's: the
+spread the recipe itself gives on one draw), and any
 :class:`posegen_ns.critic.finetune.FinetuneConfig` field (``lr``, ``source_fraction``, ``average_tail`` ...;
 unset ones are the experiment's recipe, ``ExperimentConfig.finetune``). Each variant prints per-repeat MPJPE, the
 mean with its 95 % interval per arm and, with ``ours`` and ``random-prior``, their paired difference; it appends one
@@ -161,6 +163,7 @@ def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[
     reps = v.pop("repeats", drawn_repeats(cfg))
     second = v.pop("second_sampler_offset", None)
     offsets = v.pop("sampler_offsets", [] if second is None else [second])
+    seed_offset = v.pop("seed_offset", 0)
     recipe = dataclasses.replace(exp.finetune, **v)
     source = pipeline.source_sampler()
     mpjpe: dict[str, list[float]] = {}
@@ -169,7 +172,11 @@ def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[
         for rep in reps:
             t, s = time.time(), repeat_seed(exp.seed, rep)
             critic = copy.deepcopy(pipeline.critic)
-            torch.set_rng_state(load_cached(cfg, ctx, name, rep)["rng_state"])  # as the experiment's fine-tuning
+            if seed_offset:  # another fine-tuning seed on the same draw (source images, dropout): the recipe's own spread
+                s += seed_offset
+                torch.manual_seed(s)
+            else:
+                torch.set_rng_state(load_cached(cfg, ctx, name, rep)["rng_state"])  # as the experiment's fine-tuning
             if offsets and name == "ours":
                 batches = multi_sampler_set(cfg, ctx, [rep] + [rep + k for k in offsets], images)
             else:
@@ -178,6 +185,7 @@ def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[
             mpjpe[name].append(evaluate_critic_on(critic, ctx.eval_set)["overall"]["mpjpe_mm"])
             print(f"{tag} {name} repeat {rep}: {mpjpe[name][-1]:.1f} mm ({time.time() - t:.0f} s)", flush=True)
     result = {"tag": tag, "images": images, "epochs": epochs, "repeats": reps, "sampler_offsets": offsets,
+              "seed_offset": seed_offset,
               "recipe": dataclasses.asdict(recipe), "sampler": cfg.sampler.given(),
               "mpjpe_mm_per_repeat": mpjpe}
     for name, vals in mpjpe.items():

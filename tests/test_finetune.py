@@ -11,6 +11,7 @@ from posegen_ns.data.source_poses import make_source_sampler
 from posegen_ns.errors import PoseGenInputError
 from posegen_ns.critic.finetune import (
     FinetuneConfig,
+    colour_noise,
     finetune_critic,
     finetune_losses,
     outlier_mask,
@@ -97,6 +98,48 @@ def test_bad_configuration_is_refused():
         FinetuneConfig(source_fraction=1.0)
     with pytest.raises(PoseGenInputError, match="max_error_mm"):
         FinetuneConfig(max_error_mm=10.0, min_error_mm=20.0)
+    with pytest.raises(PoseGenInputError, match="colour_noise"):
+        FinetuneConfig(colour_noise=1.0)
+
+
+def test_colour_noise_scales_each_image_channel_by_one_factor_in_range():
+    images = torch.rand(6, 3, 5, 4) * 0.5 + 0.1  # < 0.6: factors up to 1.4 never clip
+    out = colour_noise(images, 0.4, torch.Generator().manual_seed(3))
+    ratio = out / images  # (6, 3, 5, 4): constant over the pixels of one image and channel
+    per_channel = ratio[..., :1, :1]
+    torch.testing.assert_close(ratio, per_channel.expand_as(ratio))
+    assert per_channel.min() >= 0.6 - 1e-6 and per_channel.max() <= 1.4 + 1e-6
+    assert per_channel.flatten().unique().numel() == 18  # every image and channel its own factor
+    # the same generator seed gives the same factors; 0 leaves the images as they are; bright pixels clip at 1
+    torch.testing.assert_close(colour_noise(images, 0.4, torch.Generator().manual_seed(3)), out)
+    assert colour_noise(images, 0.0, torch.Generator()) is images
+    assert colour_noise(torch.ones(4, 3, 2, 2), 0.4, torch.Generator().manual_seed(0)).max() <= 1.0
+
+
+def test_finetuning_with_colour_noise_trains_on_noisy_copies_of_samples_and_source(critic, source):
+    seen = []
+    predict = critic.predict
+
+    def spy(images, boxes):
+        seen.append(images.detach().clone())
+        return predict(images, boxes)
+
+    critic.predict = spy
+    batch = source(3, torch.Generator().manual_seed(5))
+    batch["error"] = torch.full((3,), 0.2)
+    finetune_critic(critic, [batch], FinetuneConfig(colour_noise=0.4, source_fraction=0.5), source=source, seed=1)
+    assert len(seen) == 2  # the samples, then the source images
+    # the source images are the ones the seeded generator picks first (then the factors are drawn from it)
+    clean_source = source(3, torch.Generator().manual_seed(1))["images"]
+    for noisy, clean in ((seen[0], batch["images"]), (seen[1], clean_source)):
+        assert not torch.allclose(noisy, clean)
+        ratio = noisy / clean.clamp_min(1e-6)
+        usable = (clean > 0.05) & (noisy < 1.0)  # ratios of dark and of clipped pixels say nothing
+        for i in range(3):
+            for c in range(3):
+                r = ratio[i, c][usable[i, c]]
+                assert r.numel() > 0 and torch.allclose(r, r[0].expand_as(r), atol=1e-4)
+                assert 0.6 - 1e-4 <= float(r[0]) <= 1.4 + 1e-4
 
 
 # ---- rounds inside ns-train posegen-human ------------------------------------------------------

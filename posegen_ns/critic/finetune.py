@@ -82,6 +82,10 @@ class FinetuneConfig:
     average_tail: float = 0.0
     """End with the uniform mean of the weights after each of the last ``ceil(average_tail N)`` of the ``N`` steps
     (tail averaging, module docstring); 0 = the last step's weights."""
+    colour_noise: float = 0.0
+    """SPIN's colour noise (its ``noise_factor``, 0.4 there): each training image's R, G, B are scaled by factors drawn
+    uniformly from ``[1 - c, 1 + c]`` and clipped to [0, 1], sample and source images alike (:func:`colour_noise`);
+    0 = off."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.source_fraction < 1.0:
@@ -96,6 +100,11 @@ class FinetuneConfig:
             raise PoseGenInputError(
                 f"FinetuneConfig.average_tail must be in [0, 1] (got {self.average_tail}): the share of the last steps whose "
                 "weights are averaged; 0 keeps the last step's."
+            )
+        if not 0.0 <= self.colour_noise < 1.0:
+            raise PoseGenInputError(
+                f"FinetuneConfig.colour_noise must be in [0, 1) (got {self.colour_noise}): channel factors are drawn from "
+                "[1 - c, 1 + c]; 0 turns the noise off."
             )
         if self.max_error_mm <= self.min_error_mm:
             raise PoseGenInputError(
@@ -207,6 +216,24 @@ def select(batch: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
     return {k: v[keep] if isinstance(v, Tensor) and v.ndim > 0 and v.shape[0] == keep.shape[0] else v for k, v in batch.items()}
 
 
+def colour_noise(images: Tensor, factor: float, generator: torch.Generator) -> Tensor:
+    """SPIN's per-channel colour noise (``pn`` in SPIN's ``datasets/base_dataset.py``, Kolotouros et al. ICCV 2019):
+    ``clip(images * u, 0, 1)`` with one factor per image and channel, ``u ~ U[1 - factor, 1 + factor]``.
+
+    Args:
+        images: ``(B, 3, H, W)`` in [0, 1].
+        factor: half-width of the factors' range, in [0, 1); 0 returns ``images`` itself.
+        generator: CPU generator of the factors (the run's seed).
+
+    Returns:
+        ``(B, 3, H, W)`` in [0, 1].
+    """
+    if factor <= 0:
+        return images
+    u = 1.0 + factor * (2.0 * torch.rand(images.shape[0], images.shape[1], 1, 1, generator=generator) - 1.0)
+    return (images * u.to(images.device, images.dtype)).clamp(0.0, 1.0)
+
+
 def source_count(num_samples: int, source_fraction: float) -> int:
     """Source images to add to ``num_samples`` samples so that they make ``source_fraction`` of the
     step: ``round(n f / (1 - f))``, at least one when ``f > 0`` (also when every sample was dropped)."""
@@ -316,6 +343,10 @@ def finetune_critic(
             src = source(n_src, gen) if n_src else None
             if int(keep.sum()) == 0 and src is None:
                 continue
+            if cfg.colour_noise > 0:
+                kept = {**kept, "images": colour_noise(kept["images"], cfg.colour_noise, gen)}
+                if src is not None:
+                    src = {**src, "images": colour_noise(src["images"], cfg.colour_noise, gen)}
             losses = finetune_losses(critic, kept, src, cfg.weights)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
