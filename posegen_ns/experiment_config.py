@@ -215,6 +215,11 @@ class ExperimentConfig(ExperimentSizes):
     pre-trained critic, seeded by the repeat), so ours' 95 % interval covers the sampler's training as well as the
     drawing and the fine-tuning; 'shared': every repeat draws from the one sampler ``ns-train`` learned (or
     ``--relearn-steps`` re-learned once), whose own training is then not repeated."""
+    share_prior_pass: bool = True
+    """The samplers of one repeat (``--ours-samplers``) share their prior passes: the critic's errors on the prior
+    samples of each sampler step, which keep the hardness reference and region statistics, are rendered and scored
+    once per repeat (from a generator seeded by the repeat) and replayed by each of its samplers
+    (:class:`~posegen_ns.sampler.prior_pass.PriorPassLog`): about a quarter of the samplers' time on the CPU."""
     ours_rounds: int = 1
     """Split ours' fine-tuning images into this many rounds (PoseGen's alternation, as ``--pipeline.rounds`` does
     in ns-train): before each round after the first, the sampler learns ``--round-steps`` more steps against the

@@ -67,6 +67,7 @@ from typing import Any, Optional
 import torch
 
 from posegen_ns.errors import PoseGenInputError
+from posegen_ns.sampler.prior_pass import PriorPassLog
 from posegen_ns.experiment_arms import (
     SAMPLER_MODULES, EvalSet, build_eval_set, draw_finetune_set, evaluate_critic_on, finetune_ours_in_rounds,
     mesh_scorer, mining_draw, mixed_draw, relearn_sampler, sampler_restored,
@@ -98,6 +99,8 @@ class ArmContext:
     _repeat_samplers: dict[tuple[int, int], tuple[dict[str, Any], dict[str, Any]]] = dataclasses.field(
         default_factory=dict, repr=False)
     """Per-repeat samplers learned in this process (``--ours-sampler per-repeat``): ``{(rep, index): (states, info)}``."""
+    _prior_logs: dict[int, PriorPassLog] = dataclasses.field(default_factory=dict, repr=False)
+    """``{rep: PriorPassLog}``: the prior passes the samplers of repeat ``rep`` share (``--share-prior-pass``)."""
 
     def draws(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(draws, scorers)``: ``draws[arm](num, generator) -> PoseCameraSample`` and ``scorers[arm](sample) ->
@@ -111,7 +114,7 @@ class ArmContext:
         digest, and no built draws (closures; each worker builds its own)."""
         assert self.eval_set is not None, "for_workers: the driver's evaluation set is needed for its digest"
         return dataclasses.replace(self, eval_set=None, eval_digest=eval_set_digest(self.eval_set), _draws=None,
-                                   _repeat_samplers={})
+                                   _repeat_samplers={}, _prior_logs={})
 
     def use_repeat_sampler(self, rep: int, index: int = 0) -> dict[str, Any]:
         """Make ``pipeline``'s sampler repeat ``rep``'s own number ``index`` (``--ours-sampler per-repeat``; ``index <
@@ -131,7 +134,13 @@ class ArmContext:
         if key not in self._repeat_samplers:
             seed = repeat_sampler_seed(cfg.seed, rep, index)
             steps = cfg.relearn_steps or self.sizes.loop_steps
-            learned = relearn_sampler(pipeline, steps, cfg.sampler, seed=seed)
+            if cfg.share_prior_pass:  # every sampler of the repeat replays the repeat's prior passes
+                log = self._prior_logs.setdefault(rep, PriorPassLog(prior_pass_seed(cfg.seed, rep)))
+                pipeline.prior_log = log.rewind()
+            try:
+                learned = relearn_sampler(pipeline, steps, cfg.sampler, seed=seed)
+            finally:
+                pipeline.prior_log = None
             info = {"seed": seed, "steps": steps,
                     "report": learned["report"]}
             states = {k: copy.deepcopy(getattr(pipeline, k).state_dict()) for k in SAMPLER_MODULES}
@@ -147,6 +156,13 @@ class ArmContext:
         pipeline.reference_error.copy_(states["reference_error"])
         pipeline.noise = torch.Generator().manual_seed(info["seed"])
         return info
+
+
+def prior_pass_seed(seed: int, rep: int) -> int:
+    """Seed of the prior passes shared by the samplers of repeat ``rep`` (``--share-prior-pass``):
+    ``seed + 10000 rep + 400``, inside the repeat's block of 10,000 and apart from its other seeds
+    (:func:`repeat_sampler_seed`)."""
+    return seed + 10000 * rep + 400
 
 
 def repeat_sampler_seed(seed: int, rep: int, index: int = 0) -> int:

@@ -48,6 +48,7 @@ from posegen_ns.model import PoseGenHumanModelConfig
 from posegen_ns.sampler.config import SamplerConfig
 from posegen_ns.sampler.mirror import mirror_samples
 from posegen_ns.sampler.mixture import SamplerSlot, mixture_order, mixture_shares
+from posegen_ns.sampler.prior_pass import PriorPassLog
 from posegen_ns.sampler import (
     CameraRanges,
     HardPoseGenerator,
@@ -218,6 +219,8 @@ class PoseGenPipeline(VanillaPipeline):
         # the framing rule (posegen_ns.labels): the subject's rest height spans 75 % of the image height at 3 m
         self.base_focal = framing_focal(subject_height(self.model.body, self.model.betas), capture.height)
         self.noise = torch.Generator(device="cpu").manual_seed(config.seed)
+        # prior passes shared by samplers learned one after another (posegen_ns.sampler.prior_pass); None: each step scores its own
+        self.prior_log: Optional[PriorPassLog] = None
         self.report: Dict[str, Any] = {}
         from posegen_ns.viewer import HardSampleBrowser
 
@@ -475,9 +478,8 @@ class PoseGenPipeline(VanillaPipeline):
         updated from prior samples. Returns nerfstudio's ``(outputs, loss_dict, metrics_dict)``."""
         cfg = self.config.sampler
         with torch.no_grad():  # running reference: the critic's error on prior samples (and per region of the prior)
-            prior = self.draw(cfg.batch_size, hard=False)
-            prior_errors = self.render_and_score(prior).error
-            self.pose_regions.update(prior.prior_index, prior_errors)
+            prior_index, prior_errors = self.prior_pass(cfg.batch_size)
+            self.pose_regions.update(prior_index, prior_errors)
             prior_err = prior_errors.nanmean()
             if not torch.isfinite(prior_err):  # a black-box critic found nobody: keep the reference
                 pass
@@ -514,6 +516,22 @@ class PoseGenPipeline(VanillaPipeline):
             "hardness_ratio": scored.error.nanmean().detach() / self.reference_error,
         }
         return {"rgb": scored.images}, losses, metrics
+
+    def prior_pass(self, num: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The critic on ``num`` prior samples (real poses, uniform cameras) rendered by the field, without gradients:
+        ``(prior_index (num,) long, errors (num,) metres)``. With a :class:`~posegen_ns.sampler.prior_pass.PriorPassLog`
+        in ``prior_log`` the step's recorded pass is replayed, or drawn with the log's generator and recorded."""
+        log = self.prior_log
+        if log is not None:
+            entry = log.next(num)
+            if entry is not None:
+                return entry
+        with torch.no_grad():
+            prior = self.draw(num, hard=False, noise=log.generator if log is not None else None)
+            errors = self.render_and_score(prior).error
+        if log is not None:
+            log.record(prior.prior_index, errors)
+        return prior.prior_index, errors
 
     def _black_box_hardness(self, sample: PoseCameraSample) -> torch.Tensor:
         """Hardness feedback from a critic without gradients (e.g. BlazePose): an antithetic

@@ -417,6 +417,35 @@ def test_ours_sampler_per_repeat(results):
     assert torch.equal(drawn(), original)
 
 
+def test_samplers_of_a_repeat_share_its_prior_passes(results):
+    """--share-prior-pass (default): the samplers of one repeat replay the repeat's prior passes (the same hardness
+    reference), another repeat has its own; --no-share-prior-pass gives each sampler its own."""
+    import posegen_ns.experiment as exp
+    from posegen_ns.experiment_arms import sampler_restored
+    from posegen_ns.experiment_tasks import ArmContext
+
+    root, _ = results
+    pipeline = exp.load_trained_pipeline(next((root / "run" / "ns-train").rglob("config.yml")))
+
+    def references(share: bool) -> list[float]:
+        cfg = ExperimentConfig(preset="tiny", device="cpu", loop_steps=3, sampler_batch=2, ours_samplers=2,
+                               share_prior_pass=share)
+        ctx = ArmContext(pipeline, cfg, cfg.sizes())
+        out = []
+        for rep, index in ((0, 0), (0, 1), (1, 0)):
+            with sampler_restored(pipeline):
+                ctx.use_repeat_sampler(rep, index)
+                out.append(float(pipeline.reference_error))
+        assert pipeline.prior_log is None
+        assert sorted(ctx._prior_logs) == ([0, 1] if share else []) and all(len(g) == 3 for g in ctx._prior_logs.values())
+        return out
+
+    shared = references(True)
+    assert shared[0] == shared[1] and shared[0] != shared[2]
+    own = references(False)
+    assert own[0] != own[1]
+
+
 class _IndexingPipeline(torch.nn.Module):
     """What :func:`~posegen_ns.experiment_arms.sampler_steps` uses of a pipeline, with a loss that reaches the generator
     through the backward of indexing with an index tensor (``weight[idx]``: torch's CPU ``index_put_(accumulate=True)``,

@@ -82,6 +82,9 @@ class FinetuneConfig:
     average_tail: float = 0.0
     """End with the uniform mean of the weights after each of the last ``ceil(average_tail N)`` of the ``N`` steps
     (tail averaging, module docstring); 0 = the last step's weights."""
+    dropout: bool = True
+    """Keep the critic's dropout layers active while fine-tuning (SPIN's regressor has two, p = 0.5); False puts them in
+    eval mode, so a fine-tuning run depends on its batches and source images alone."""
     colour_noise: float = 0.0
     """SPIN's colour noise (its ``noise_factor``, 0.4 there): each training image's R, G, B are scaled by factors drawn
     uniformly from ``[1 - c, 1 + c]`` and clipped to [0, 1], sample and source images alike (:func:`colour_noise`);
@@ -331,6 +334,10 @@ def finetune_critic(
     average = None
     first_averaged = total - math.ceil(cfg.average_tail * total) if cfg.average_tail > 0 and total else None
     critic.train_mode()
+    if not cfg.dropout:
+        for m in critic.modules():
+            if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+                m.eval()
     try:
         for i, batch in enumerate(batches):
             if cfg.lr_schedule == "cosine":

@@ -1,0 +1,77 @@
+"""Prior passes shared by samplers learned one after another (:mod:`posegen_ns.sampler.prior_pass`): the first
+sampler renders and records them, the next replays them instead of rendering, both keep the same hardness reference
+and region statistics, and a log recorded with another batch size is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posegen_ns.errors import PoseGenInputError
+from posegen_ns.sampler.prior_pass import PriorPassLog
+from tiny_runs import tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    return tiny_pipeline(tmp_path_factory.mktemp("prior-pass"), batch_size=2, num_regions=2)
+
+
+def _learn(pipeline, seed: int, log, steps: int = 3) -> dict:
+    """A fresh sampler learned ``steps`` steps with ``log`` (or none); what it kept and how many renders it scored."""
+    from posegen_ns.experiment_arms import sampler_steps
+
+    torch.manual_seed(seed)
+    pipeline.reset_sampler()
+    pipeline.noise = torch.Generator().manual_seed(seed)
+    scored = []
+    render_and_score = pipeline.render_and_score
+
+    def counting(sample):
+        scored.append(sample.body_pose.shape[0])
+        return render_and_score(sample)
+
+    pipeline.render_and_score = counting
+    pipeline.prior_log = log.rewind() if log is not None else None
+    try:
+        sampler_steps(pipeline, steps)
+    finally:
+        pipeline.prior_log = None
+        del pipeline.render_and_score
+    regions = {k: v.clone() for k, v in pipeline.pose_regions.state_dict().items()}
+    return {"reference": pipeline.reference_error.clone(), "regions": regions, "renders": len(scored),
+            "generator": [p.clone() for p in pipeline.generator.parameters()]}
+
+
+def test_second_sampler_replays_the_first_ones_prior_passes(pipeline):
+    log = PriorPassLog(seed=7)
+    first = _learn(pipeline, 1, log)
+    assert len(log) == 3 and first["renders"] == 6  # each step: the prior pass and the hard batch
+    second = _learn(pipeline, 2, log)
+    assert len(log) == 3 and second["renders"] == 3  # the prior passes replayed: only the hard batches rendered
+    assert torch.equal(first["reference"], second["reference"])
+    assert all(torch.equal(first["regions"][k], v) for k, v in second["regions"].items())
+    assert not all(torch.equal(a, b) for a, b in zip(first["generator"], second["generator"]))  # another sampler
+    # without a log each sampler draws its own prior passes from its own generator: other references
+    apart = _learn(pipeline, 2, None)
+    assert apart["renders"] == 6 and not torch.equal(apart["reference"], first["reference"])
+    # a log recorded by either sampler is the same: its draws come from its own generator
+    other_order = PriorPassLog(seed=7)
+    _learn(pipeline, 2, other_order)
+    assert all(torch.equal(a[1], b[1]) and torch.equal(a[0], b[0]) for a, b in zip(log.entries, other_order.entries))
+    # a longer learning records the steps past the log's end
+    _learn(pipeline, 3, log, steps=4)
+    assert len(log) == 4
+
+
+def test_log_refuses_another_batch_size_and_a_misplaced_record():
+    log = PriorPassLog(seed=0)
+    log.record(torch.tensor([1, 2]), torch.tensor([0.1, 0.2]))
+    log.rewind()
+    with pytest.raises(PoseGenInputError, match="batch-size"):
+        log.next(3)
+    log.rewind()
+    with pytest.raises(PoseGenInputError, match="recording step 0"):
+        log.record(torch.tensor([1, 2]), torch.tensor([0.1, 0.2]))
+    index, errors = log.next(2)
+    assert index.tolist() == [1, 2] and log.next(2) is None
