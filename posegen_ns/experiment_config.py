@@ -199,9 +199,11 @@ class ExperimentConfig(ExperimentSizes):
     """Seed of sampling, fine-tuning and training."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     """Torch device."""
-    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(lr=1e-4, average_tail=0.5))
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(lr=5e-5, average_tail=0.5))
     """Fine-tuning recipe shared by every arm (learning rate, source mixing, outlier filter; the weights averaged over
-    the last half of the steps: measured to cut random-prior's repeat-to-repeat spread from 19 to 7 mm, stop 20)."""
+    the last half of the steps: measured to cut random-prior's repeat-to-repeat spread from 19 to 7 mm, stop 20; rate
+    5e-5, SPIN's, rather than 1e-4: one fine-tuning of a fixed set scattered by sd 4.4 instead of 11.5 mm over four
+    seeds, and ours kept its lead over random-prior on stop 22's run, stop 24, docs/experiment_history.md)."""
     arms: tuple[str, ...] = ARMS
     """Arms to run, a subset of pretrained, random-prior, posegen-released, ours (each arm's result does not depend on the others)."""
     relearn_steps: Optional[int] = None

@@ -67,13 +67,13 @@ from typing import Any, Optional
 import torch
 
 from posegen_ns.errors import PoseGenInputError
-from posegen_ns.sampler.prior_pass import PriorPassLog
 from posegen_ns.experiment_arms import (
     SAMPLER_MODULES, EvalSet, build_eval_set, draw_finetune_set, evaluate_critic_on, finetune_ours_in_rounds,
     mesh_scorer, mining_draw, mixed_draw, relearn_sampler, sampler_restored,
 )
 
 from posegen_ns.experiment_config import ARMS, ExperimentConfig, ExperimentSizes
+from posegen_ns.sampler.prior_pass import PriorPassLog
 
 Say = Callable[[str], None]
 Task = tuple[str, int]
