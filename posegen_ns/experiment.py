@@ -58,6 +58,7 @@ import torch
 from posegen_ns.atomic_io import atomic_open, check_writable, write_bytes, write_json
 from posegen_ns.cli import jsonable, load_run, run_console_script, say_for
 from posegen_ns.engine import check_engine
+from posegen_ns.errors import PoseGenInputError
 from posegen_ns.labels import gt_from_camera_joints, critic_error
 from posegen_ns.experiment_config import (  # noqa: F401  (re-exported: the options live in experiment_config)
     ARMS, PRESETS, ExperimentConfig, ExperimentSizes, SamplerOverrides,
@@ -106,7 +107,11 @@ def build_capture(cfg: ExperimentConfig, sizes: ExperimentSizes) -> Path:
 def train_pipeline(cfg: ExperimentConfig, sizes: ExperimentSizes, capture: Path):
     """Fit the field and learn our sampler: the ``posegen-human`` method (``-tiny`` for the tiny body)
     run in-process by nerfstudio's trainer, pose prior restricted to :data:`TRAIN_CLIPS`, no fine-tuning
-    rounds (the experiment fine-tunes every arm itself). Returns the trained pipeline (eval mode)."""
+    rounds (the experiment fine-tunes every arm itself). With ``--ours-sampler per-repeat`` (the default) every
+    repeat learns its own samplers and no arm draws from the run's, so the run stops after the field
+    (``field_steps``) instead of learning one more sampler for ``loop_steps`` steps (stop 25: about 1.5 min of
+    the ``cpu`` preset); such a run reloaded with ``--ours-sampler shared`` is refused
+    (:func:`check_run_sampler`). Returns the trained pipeline (eval mode)."""
     from posegen_ns.configs import posegen_human, posegen_human_tiny
 
     method = posegen_human_tiny if sizes.body == "tiny" else posegen_human
@@ -125,7 +130,7 @@ def train_pipeline(cfg: ExperimentConfig, sizes: ExperimentSizes, capture: Path)
     p.critic.source = sizes.critic_source or "narrow"
     p.rounds, p.loop_steps_per_round, p.finetune_steps_per_round = 1, None, 0
     p.seed = cfg.seed
-    tc.max_num_iterations = sizes.field_steps + sizes.loop_steps
+    tc.max_num_iterations = sizes.field_steps + (0 if cfg.ours_sampler == "per-repeat" else sizes.loop_steps)
     tc.steps_per_save = tc.max_num_iterations
     tc.set_timestamp()
     tc.save_config()
@@ -170,6 +175,24 @@ def load_trained_pipeline(config_path: Path, critic_checkpoint: Optional[Path] =
         pipeline.critic = load_configured_critic(pipeline.config.critic, body_source).to(dev)
     pipeline.eval()
     return pipeline
+
+
+def check_run_sampler(config_path: Path, pipeline: Any, cfg: ExperimentConfig) -> None:
+    """Refuse to draw ours from a reloaded run's own sampler (``--ours-sampler shared`` without ``--relearn-steps``)
+    when the run learned none: its latest checkpoint (``RUN/nerfstudio_models/step-*.ckpt``) is not past the
+    field's ``field_steps`` (as the runs :func:`train_pipeline` writes with ``--ours-sampler per-repeat``).
+
+    Raises:
+        PoseGenInputError: the run's sampler was never trained; the message names the run and the options to use.
+    """
+    if cfg.ours_sampler != "shared" or cfg.relearn_steps is not None or "ours" not in cfg.arms:
+        return
+    steps = [int(p.stem.split("-")[-1]) for p in (Path(config_path).expanduser().parent / "nerfstudio_models").glob("step-*.ckpt")]
+    if steps and max(steps) + 1 <= pipeline.config.field_steps:
+        raise PoseGenInputError(
+            f"--load-config {config_path}: the run stopped after its field (checkpoint at step {max(steps)}, "
+            f"field_steps {pipeline.config.field_steps}) and learned no sampler for --ours-sampler shared to draw "
+            "from; pass --ours-sampler per-repeat (the default) or --relearn-steps N.")
 
 
 def fixed_frontal_camera(pipeline: Any, num: int) -> torch.Tensor:
@@ -270,6 +293,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         t = time.time()
         say(f"loading the trained run {cfg.load_config}")
         pipeline = load_trained_pipeline(cfg.load_config, cfg.critic_checkpoint)
+        check_run_sampler(cfg.load_config, pipeline, cfg)
         timing["load_run"] = time.time() - t
     else:
         t = time.time()
@@ -278,7 +302,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         timing["capture"] = time.time() - t
 
         t = time.time()
-        say(f"ns-train: field ({sizes.field_steps} steps) and our sampler ({sizes.loop_steps} steps)")
+        say(f"ns-train: field ({sizes.field_steps} steps)" + ("" if cfg.ours_sampler == "per-repeat" else
+                                                              f" and our sampler ({sizes.loop_steps} steps)"))
         pipeline = train_pipeline(cfg, sizes, capture)
         timing["field_and_sampler"] = time.time() - t
 

@@ -100,6 +100,20 @@ def test_load_config_reuses_a_trained_run(results, monkeypatch):
         run_experiment(ExperimentConfig(output_dir=root / "missing", load_config=root / "nope.yml"))
 
 
+def test_a_per_repeat_run_stops_after_its_field_and_is_not_drawn_from_shared(results):
+    """With per-repeat samplers (the default) the experiment's ns-train run learns no sampler of its own: its last
+    checkpoint is the field's last step, and drawing ours from that run's sampler (--ours-sampler shared without
+    --relearn-steps) is refused with the options to use."""
+    root, first = results
+    config = next((root / "run" / "ns-train").rglob("config.yml"))
+    ckpts = sorted(p.name for p in (config.parent / "nerfstudio_models").glob("step-*.ckpt"))
+    assert ckpts == ["step-000000002.ckpt"]  # field_steps=3: steps 0..2, no sampler steps after them
+    assert "field_and_sampler" in first["timing_s"]
+    with pytest.raises(PoseGenInputError, match="learned no sampler.*--ours-sampler per-repeat"):
+        run_experiment(reuse_config(root, "shared-refused", config, arms=("pretrained", "ours"), ours_sampler="shared",
+                                    repeats=1, finetune_images=2))
+
+
 def test_critic_checkpoint_replaces_the_critic_stored_in_the_run(results):
     """--critic-checkpoint: every arm starts from that checkpoint's weights, not from the critic weights saved in the
     loaded run's checkpoint (which nerfstudio's loading would otherwise put back)."""

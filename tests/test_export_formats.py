@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from tiny_runs import BIN, ENV, train_tiny_run
+from tiny_runs import BIN, ENV, export_reference, load_run_pipeline, train_tiny_run
 import torch
 
 from posegen_ns.body import load_body_model
@@ -41,16 +41,12 @@ def run_config(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline(run_config):
-    from nerfstudio.utils.eval_utils import eval_setup
-
-    return eval_setup(run_config, test_mode="inference")[1]
+    return load_run_pipeline(run_config)
 
 
 @pytest.fixture(scope="module")
 def reference(pipeline, run_config, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("reference") / "dataset"
-    export_samples(pipeline, out, NUM, batch_size=BATCH, run_config=run_config)
-    return out
+    return export_reference(pipeline, run_config, tmp_path_factory.mktemp("reference"), NUM, BATCH)
 
 
 def _dataset_bytes(folder: Path) -> dict[str, bytes]:

@@ -75,3 +75,48 @@ def test_log_refuses_another_batch_size_and_a_misplaced_record():
         log.record(torch.tensor([1, 2]), torch.tensor([0.1, 0.2]))
     index, errors = log.next(2)
     assert index.tolist() == [1, 2] and log.next(2) is None
+
+
+def test_hardness_report_scores_its_prior_half_once_per_field_and_critic(pipeline):
+    """The report's prior half does not depend on the sampler: a second sampler's report renders only its hard half
+    and gives the prior figures computed anew; other critic weights are scored again."""
+    scored = []
+    render_and_score = pipeline.render_and_score
+
+    def counting(sample):
+        scored.append(sample.body_pose.shape[0])
+        return render_and_score(sample)
+
+    def report() -> tuple[dict, int]:
+        before = len(scored)
+        out = pipeline.hardness_report(num=4)
+        return out, len(scored) - before
+
+    pipeline.render_and_score = counting
+    weight = next(pipeline.critic.parameters())
+    kept = weight.detach().clone()
+    try:
+        pipeline._prior_report = None
+        torch.manual_seed(11)
+        pipeline.reset_sampler()
+        first, renders = report()
+        assert renders == 2  # the hard half and the prior half, 4 samples each
+        torch.manual_seed(12)
+        pipeline.reset_sampler()  # another sampler on the same field and critic
+        second, renders = report()
+        assert renders == 1
+        prior = [k for k in first if k.startswith("prior_") or k == "mpjpe_prior_mm"]
+        assert len(prior) >= 3 and all(second[k] == first[k] for k in prior)
+        assert second["mpjpe_hard_mm"] != first["mpjpe_hard_mm"]  # the hard half was drawn anew
+        assert second["hardness_ratio"] == pytest.approx(second["mpjpe_hard_mm"] / second["mpjpe_prior_mm"])
+        pipeline._prior_report = None
+        anew, renders = report()
+        assert renders == 2 and all(anew[k] == first[k] for k in prior)
+        with torch.no_grad():
+            weight.mul_(1.5)
+        changed, renders = report()
+        assert renders == 2 and changed["mpjpe_prior_mm"] != first["mpjpe_prior_mm"]
+    finally:
+        with torch.no_grad():
+            weight.copy_(kept)
+        del pipeline.render_and_score

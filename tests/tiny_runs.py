@@ -44,3 +44,20 @@ def tiny_pipeline(root: Path, **sampler: Any) -> Any:
     for name, value in sampler.items():
         setattr(config.pipeline.sampler, name, value)
     return config.pipeline.setup(device="cpu", test_mode="val")
+
+
+def load_run_pipeline(config: Path) -> Any:
+    """The pipeline of a trained run (nerfstudio's ``eval_setup`` in inference mode, the latest checkpoint)."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    return eval_setup(config, test_mode="inference")[1]
+
+
+def export_reference(pipeline: Any, run_config: Path, root: Path, num: int, batch_size: int) -> Path:
+    """``num`` samples of ``pipeline`` exported in batches of ``batch_size`` to ``root/dataset`` in this process
+    (:func:`posegen_ns.export.export_samples`): the dataset other ways of exporting are compared with."""
+    from posegen_ns.export import export_samples
+
+    out = root / "dataset"
+    export_samples(pipeline, out, num, batch_size=batch_size, run_config=run_config)
+    return out
