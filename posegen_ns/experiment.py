@@ -109,8 +109,8 @@ def train_pipeline(cfg: ExperimentConfig, sizes: ExperimentSizes, capture: Path)
     run in-process by nerfstudio's trainer, pose prior restricted to :data:`TRAIN_CLIPS`, no fine-tuning
     rounds (the experiment fine-tunes every arm itself). With ``--ours-sampler per-repeat`` (the default) every
     repeat learns its own samplers and no arm draws from the run's, so the run stops after the field
-    (``field_steps``) instead of learning one more sampler for ``loop_steps`` steps (stop 25: about 1.5 min of
-    the ``cpu`` preset); such a run reloaded with ``--ours-sampler shared`` is refused
+    (``field_steps``) instead of learning one more sampler for ``loop_steps`` steps (the ``cpu`` preset's 150
+    steps: 48 s on stop 25's CPU); such a run reloaded with ``--ours-sampler shared`` is refused
     (:func:`check_run_sampler`). Returns the trained pipeline (eval mode)."""
     from posegen_ns.configs import posegen_human, posegen_human_tiny
 
