@@ -104,6 +104,12 @@ def build_capture(cfg: ExperimentConfig, sizes: ExperimentSizes) -> Path:
                                  frame_stride=24, max_frames_per_clip=8, verbose=False)
 
 
+def run_sampler_steps(cfg: ExperimentConfig, sizes: ExperimentSizes) -> int:
+    """Sampler steps the experiment's own ``ns-train`` run learns after the field: none with ``--ours-sampler
+    per-repeat`` (no arm draws from the run's sampler), else the preset's ``loop_steps``."""
+    return 0 if cfg.ours_sampler == "per-repeat" else sizes.loop_steps
+
+
 def train_pipeline(cfg: ExperimentConfig, sizes: ExperimentSizes, capture: Path):
     """Fit the field and learn our sampler: the ``posegen-human`` method (``-tiny`` for the tiny body)
     run in-process by nerfstudio's trainer, pose prior restricted to :data:`TRAIN_CLIPS`, no fine-tuning
@@ -130,7 +136,7 @@ def train_pipeline(cfg: ExperimentConfig, sizes: ExperimentSizes, capture: Path)
     p.critic.source = sizes.critic_source or "narrow"
     p.rounds, p.loop_steps_per_round, p.finetune_steps_per_round = 1, None, 0
     p.seed = cfg.seed
-    tc.max_num_iterations = sizes.field_steps + (0 if cfg.ours_sampler == "per-repeat" else sizes.loop_steps)
+    tc.max_num_iterations = sizes.field_steps + run_sampler_steps(cfg, sizes)
     tc.steps_per_save = tc.max_num_iterations
     tc.set_timestamp()
     tc.save_config()
@@ -302,8 +308,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         timing["capture"] = time.time() - t
 
         t = time.time()
-        say(f"ns-train: field ({sizes.field_steps} steps)" + ("" if cfg.ours_sampler == "per-repeat" else
-                                                              f" and our sampler ({sizes.loop_steps} steps)"))
+        steps = run_sampler_steps(cfg, sizes)
+        say(f"ns-train: field ({sizes.field_steps} steps)" + (f" and our sampler ({steps} steps)" if steps else ""))
         pipeline = train_pipeline(cfg, sizes, capture)
         timing["field_and_sampler"] = time.time() - t
 

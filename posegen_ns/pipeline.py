@@ -635,13 +635,13 @@ class PoseGenPipeline(VanillaPipeline):
     def _prior_report_key(self, num: int, gen: torch.Generator) -> Tuple[Any, ...]:
         """What :meth:`hardness_report`'s prior half depends on: the generator's state, ``num``, the camera ranges,
         a fingerprint of the pose prior and of the field's and the critic's weights (sums of absolute values in
-        float64), and the critic's train/eval mode."""
+        float64, the critic's by :meth:`critic_weights_l1`), and the critic's train/eval mode."""
         def l1(tensors: Any) -> float:
             return float(sum(t.detach().double().abs().sum() for t in tensors))
 
         return (hashlib.sha1(gen.get_state().numpy().tobytes()).hexdigest(), num, repr(self.ranges),
                 tuple(self.prior_body_pose.shape), l1([self.prior_body_pose, self.prior_global_orient]),
-                l1(self.model.parameters()), l1(self.critic.parameters()), self.critic.training)
+                l1(self.model.parameters()), self.critic_weights_l1(), self.critic.training)
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         trainer = training_callback_attributes.trainer

@@ -4,6 +4,9 @@ and region statistics, and a log recorded with another batch size is refused."""
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import pytest
 import torch
 
@@ -17,14 +20,10 @@ def pipeline(tmp_path_factory):
     return tiny_pipeline(tmp_path_factory.mktemp("prior-pass"), batch_size=2, num_regions=2)
 
 
-def _learn(pipeline, seed: int, log, steps: int = 3) -> dict:
-    """A fresh sampler learned ``steps`` steps with ``log`` (or none); what it kept and how many renders it scored."""
-    from posegen_ns.experiment_arms import sampler_steps
-
-    torch.manual_seed(seed)
-    pipeline.reset_sampler()
-    pipeline.noise = torch.Generator().manual_seed(seed)
-    scored = []
+@contextlib.contextmanager
+def counting_renders(pipeline) -> Iterator[list]:
+    """Inside: every ``pipeline.render_and_score`` call appends its batch size to the yielded list."""
+    scored: list = []
     render_and_score = pipeline.render_and_score
 
     def counting(sample):
@@ -32,12 +31,25 @@ def _learn(pipeline, seed: int, log, steps: int = 3) -> dict:
         return render_and_score(sample)
 
     pipeline.render_and_score = counting
+    try:
+        yield scored
+    finally:
+        del pipeline.render_and_score
+
+
+def _learn(pipeline, seed: int, log, steps: int = 3) -> dict:
+    """A fresh sampler learned ``steps`` steps with ``log`` (or none); what it kept and how many renders it scored."""
+    from posegen_ns.experiment_arms import sampler_steps
+
+    torch.manual_seed(seed)
+    pipeline.reset_sampler()
+    pipeline.noise = torch.Generator().manual_seed(seed)
     pipeline.prior_log = log.rewind() if log is not None else None
     try:
-        sampler_steps(pipeline, steps)
+        with counting_renders(pipeline) as scored:
+            sampler_steps(pipeline, steps)
     finally:
         pipeline.prior_log = None
-        del pipeline.render_and_score
     regions = {k: v.clone() for k, v in pipeline.pose_regions.state_dict().items()}
     return {"reference": pipeline.reference_error.clone(), "regions": regions, "renders": len(scored),
             "generator": [p.clone() for p in pipeline.generator.parameters()]}
@@ -80,43 +92,35 @@ def test_log_refuses_another_batch_size_and_a_misplaced_record():
 def test_hardness_report_scores_its_prior_half_once_per_field_and_critic(pipeline):
     """The report's prior half does not depend on the sampler: a second sampler's report renders only its hard half
     and gives the prior figures computed anew; other critic weights are scored again."""
-    scored = []
-    render_and_score = pipeline.render_and_score
-
-    def counting(sample):
-        scored.append(sample.body_pose.shape[0])
-        return render_and_score(sample)
-
     def report() -> tuple[dict, int]:
         before = len(scored)
         out = pipeline.hardness_report(num=4)
         return out, len(scored) - before
 
-    pipeline.render_and_score = counting
     weight = next(pipeline.critic.parameters())
     kept = weight.detach().clone()
-    try:
-        pipeline._prior_report = None
-        torch.manual_seed(11)
-        pipeline.reset_sampler()
-        first, renders = report()
-        assert renders == 2  # the hard half and the prior half, 4 samples each
-        torch.manual_seed(12)
-        pipeline.reset_sampler()  # another sampler on the same field and critic
-        second, renders = report()
-        assert renders == 1
-        prior = [k for k in first if k.startswith("prior_") or k == "mpjpe_prior_mm"]
-        assert len(prior) >= 3 and all(second[k] == first[k] for k in prior)
-        assert second["mpjpe_hard_mm"] != first["mpjpe_hard_mm"]  # the hard half was drawn anew
-        assert second["hardness_ratio"] == pytest.approx(second["mpjpe_hard_mm"] / second["mpjpe_prior_mm"])
-        pipeline._prior_report = None
-        anew, renders = report()
-        assert renders == 2 and all(anew[k] == first[k] for k in prior)
-        with torch.no_grad():
-            weight.mul_(1.5)
-        changed, renders = report()
-        assert renders == 2 and changed["mpjpe_prior_mm"] != first["mpjpe_prior_mm"]
-    finally:
-        with torch.no_grad():
-            weight.copy_(kept)
-        del pipeline.render_and_score
+    with counting_renders(pipeline) as scored:
+        try:
+            pipeline._prior_report = None
+            torch.manual_seed(11)
+            pipeline.reset_sampler()
+            first, renders = report()
+            assert renders == 2  # the hard half and the prior half, 4 samples each
+            torch.manual_seed(12)
+            pipeline.reset_sampler()  # another sampler on the same field and critic
+            second, renders = report()
+            assert renders == 1
+            prior = [k for k in first if k.startswith("prior_") or k == "mpjpe_prior_mm"]
+            assert len(prior) >= 3 and all(second[k] == first[k] for k in prior)
+            assert second["mpjpe_hard_mm"] != first["mpjpe_hard_mm"]  # the hard half was drawn anew
+            assert second["hardness_ratio"] == pytest.approx(second["mpjpe_hard_mm"] / second["mpjpe_prior_mm"])
+            pipeline._prior_report = None
+            anew, renders = report()
+            assert renders == 2 and all(anew[k] == first[k] for k in prior)
+            with torch.no_grad():
+                weight.mul_(1.5)
+            changed, renders = report()
+            assert renders == 2 and changed["mpjpe_prior_mm"] != first["mpjpe_prior_mm"]
+        finally:
+            with torch.no_grad():
+                weight.copy_(kept)
