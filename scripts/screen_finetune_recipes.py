@@ -20,9 +20,10 @@ drawn from several samplers; ``second_sampler_offset`` k is ``sampler_offsets`` 
 with seed ``repeat seed + k`` for the source images and torch's global generator instead of the experiment's: the
 spread the recipe itself gives on one draw), and any
 :class:`posegen_ns.critic.finetune.FinetuneConfig` field (``lr``, ``source_fraction``, ``average_tail`` ...;
-unset ones are the experiment's recipe, ``ExperimentConfig.finetune``). Each variant prints per-repeat MPJPE, the
-mean with its 95 % interval per arm and, with ``ours`` and ``random-prior``, their paired difference; it appends one
-JSON line to ``--out``.
+unset ones are the experiment's recipe, ``ExperimentConfig.finetune``). Each variant prints per-repeat MPJPE and
+PA-MPJPE, their means with 95 % intervals per arm and, with ``ours`` and ``random-prior``, their paired MPJPE
+difference; it appends one JSON line to ``--out`` (``mpjpe_mm_per_repeat``, ``pa_mpjpe_mm_per_repeat``: ``{arm: [mm,
+...]}``).
 
     cd RUNDIR && python scripts/screen_finetune_recipes.py --load-config RUN/config.yml --preset cpu \\
         --variants '{"tag": "base"}' '{"tag": "sf25", "source_fraction": 0.25}'
@@ -167,8 +168,9 @@ def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[
     recipe = dataclasses.replace(exp.finetune, **v)
     source = pipeline.source_sampler()
     mpjpe: dict[str, list[float]] = {}
+    pa_mpjpe: dict[str, list[float]] = {}
     for name in cfg.arms:
-        mpjpe[name] = []
+        mpjpe[name], pa_mpjpe[name] = [], []
         for rep in reps:
             t, s = time.time(), repeat_seed(exp.seed, rep)
             critic = copy.deepcopy(pipeline.critic)
@@ -182,16 +184,20 @@ def screen(cfg: ScreenConfig, ctx: ArmContext, variant: dict[str, Any]) -> dict[
             else:
                 batches = load_set(cfg, ctx, name, rep, images)
             finetune_critic(critic, batches * epochs, recipe, source=source, seed=s)
-            mpjpe[name].append(evaluate_critic_on(critic, ctx.eval_set)["overall"]["mpjpe_mm"])
-            print(f"{tag} {name} repeat {rep}: {mpjpe[name][-1]:.1f} mm ({time.time() - t:.0f} s)", flush=True)
+            overall = evaluate_critic_on(critic, ctx.eval_set)["overall"]
+            mpjpe[name].append(overall["mpjpe_mm"])
+            pa_mpjpe[name].append(overall["pa_mpjpe_mm"])
+            print(f"{tag} {name} repeat {rep}: {mpjpe[name][-1]:.1f} mm, PA-MPJPE {pa_mpjpe[name][-1]:.1f} mm "
+                  f"({time.time() - t:.0f} s)", flush=True)
     result = {"tag": tag, "images": images, "epochs": epochs, "repeats": reps, "sampler_offsets": offsets,
               "seed_offset": seed_offset,
               "recipe": dataclasses.asdict(recipe), "sampler": cfg.sampler.given(),
-              "mpjpe_mm_per_repeat": mpjpe}
+              "mpjpe_mm_per_repeat": mpjpe, "pa_mpjpe_mm_per_repeat": pa_mpjpe}
     for name, vals in mpjpe.items():
         if len(vals) > 1:
-            ci = mean_ci95(vals)
-            print(f"  {tag} {name}: {ci.mean:.1f} [{ci.lo:.1f}, {ci.hi:.1f}] mm", flush=True)
+            ci, pa = mean_ci95(vals), mean_ci95(pa_mpjpe[name])
+            print(f"  {tag} {name}: {ci.mean:.1f} [{ci.lo:.1f}, {ci.hi:.1f}] mm, PA-MPJPE {pa.mean:.1f} [{pa.lo:.1f}, "
+                  f"{pa.hi:.1f}] mm", flush=True)
     if "ours" in mpjpe and "random-prior" in mpjpe and len(reps) > 1:
         d = paired_difference_ci95(mpjpe["ours"], mpjpe["random-prior"])
         result["ours_minus_random_prior"] = dataclasses.asdict(d)
