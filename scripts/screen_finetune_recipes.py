@@ -82,6 +82,9 @@ class ScreenConfig:
     """Samplers per repeat of ours (``ns-posegen-experiment --ours-samplers``; default the preset's)."""
     loop_steps: Optional[int] = None
     """Steps of each per-repeat sampler (``ns-posegen-experiment --loop-steps``; default the preset's)."""
+    ours_prior_fraction: Optional[float] = None
+    """Share of prior samples in ours' and mining's sets (``ns-posegen-experiment --ours-prior-fraction``; default
+    the experiment's 0.5)."""
     sampler: SamplerOverrides = dataclasses.field(default_factory=SamplerOverrides)
     """Sampler settings of the draws (``--sampler.roll-range -1.57 1.57`` ...), as ``ns-posegen-experiment``'s: camera
     ranges for every arm, the rest for ours' per-repeat samplers. Use another ``--cache-dir`` per setting."""
@@ -89,11 +92,13 @@ class ScreenConfig:
 
 def cache_path(cfg: ScreenConfig, ctx: ArmContext, name: str, rep: int) -> Path:
     """``ARM-REP-N-<digest>.pt``: the digest covers everything the draw depends on besides the arm and repeat (the run,
-    the seed, the samplers per repeat and their steps, the sampler overrides, the outlier filter), so a cache made
+    the seed, the samplers per repeat and their steps, the sampler overrides, ours' prior share unless it is the
+    default 0.5, the outlier filter), so a cache made
     under other settings is never read for these."""
     exp, sizes = ctx.cfg, ctx.sizes
     setting = {"load_config": str(Path(cfg.load_config).resolve()), "seed": exp.seed, "batch": sizes.finetune_batch,
                "ours_samplers": sizes.ours_samplers, "sampler_steps": exp.relearn_steps or sizes.loop_steps,
+               **({"prior_fraction": exp.ours_prior_fraction} if exp.ours_prior_fraction != 0.5 else {}),
                "sampler": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.sampler.given().items()},
                "filter": [exp.finetune.max_error_mm, exp.finetune.min_error_mm, exp.finetune.joint_margin_px,
                           exp.finetune.max_box_outside]}
@@ -220,8 +225,9 @@ def main(cfg: ScreenConfig) -> None:
             raise PoseGenInputError(f"--variants {text!r} is not JSON ({err}); e.g. '{{\"tag\": \"lr5e-5\", \"lr\": 5e-5}}'.")
         if "tag" not in variants[-1]:
             raise PoseGenInputError(f"--variants {text!r}: each variant needs a \"tag\".")
+    fraction = {} if cfg.ours_prior_fraction is None else {"ours_prior_fraction": cfg.ours_prior_fraction}
     exp = ExperimentConfig(preset=cfg.preset, load_config=cfg.load_config, sampler=cfg.sampler,
-                           ours_samplers=cfg.ours_samplers, loop_steps=cfg.loop_steps)
+                           ours_samplers=cfg.ours_samplers, loop_steps=cfg.loop_steps, **fraction)
     sizes = exp.sizes()
     pipeline = load_trained_pipeline(cfg.load_config)
     use_camera_ranges(pipeline, cfg.sampler)  # as run_experiment: every arm's cameras
