@@ -93,12 +93,12 @@ class ScreenConfig:
 def cache_path(cfg: ScreenConfig, ctx: ArmContext, name: str, rep: int) -> Path:
     """``ARM-REP-N-<digest>.pt``: the digest covers everything the draw depends on besides the arm and repeat (the run,
     the seed, the samplers per repeat and their steps, the sampler overrides, ours' prior share unless it is the
-    default 0.5, the outlier filter), so a cache made
-    under other settings is never read for these."""
+    experiment's default, the outlier filter), so a cache made under other settings is never read for these."""
     exp, sizes = ctx.cfg, ctx.sizes
     setting = {"load_config": str(Path(cfg.load_config).resolve()), "seed": exp.seed, "batch": sizes.finetune_batch,
                "ours_samplers": sizes.ours_samplers, "sampler_steps": exp.relearn_steps or sizes.loop_steps,
-               **({"prior_fraction": exp.ours_prior_fraction} if exp.ours_prior_fraction != 0.5 else {}),
+               **({"prior_fraction": exp.ours_prior_fraction}
+                  if exp.ours_prior_fraction != ExperimentConfig.ours_prior_fraction else {}),  # default: old caches
                "sampler": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.sampler.given().items()},
                "filter": [exp.finetune.max_error_mm, exp.finetune.min_error_mm, exp.finetune.joint_margin_px,
                           exp.finetune.max_box_outside]}
