@@ -92,7 +92,7 @@ PRESETS: dict[str, ExperimentSizes] = {
     "cpu": ExperimentSizes(
         body="open", capture_cameras=6, capture_resolution=128, critic_pretrain_steps=2400, critic_input_size=128,
         field_steps=800, loop_steps=150, num_gaussians=4000, sampler_batch=6, gan_steps=150, finetune_images=640,
-        finetune_batch=16, finetune_epochs=4, eval_stride=8, eval_max_frames=6, eval_cameras=4,
+        finetune_batch=16, finetune_epochs=6, eval_stride=8, eval_max_frames=6, eval_cameras=4,
         eval_elevations=(-10.0, 15.0, 45.0), eval_resolution=128, eval_distance_scales=(0.8, 1.4), critic_source="h36m",
         repeats=5, ours_samplers=4,
     ),
@@ -104,9 +104,9 @@ PRESETS: dict[str, ExperimentSizes] = {
         critic_source="h36m", repeats=5, ours_samplers=4,
     ),
 }
-"""The ``cpu`` preset fine-tunes 4 epochs (2 until stop 25): on the same draws 4 epochs put ours 9 mm lower and
-random-prior 6 mm lower than 2 (docs/experiment_history.md "Stop 25"); its full run from cold takes 60 min on the
-2-core CPU of stop 26 (52 min at 2 epochs), README "What the cpu preset shows"."""
+"""The ``cpu`` preset fine-tunes 6 epochs (4 in stop 26, 2 until stop 25): more passes over the same 640 images help
+ours more than the other arms (docs/experiment_history.md "Stop 25" to "Stop 27"); its full run from cold took 79 min
+on the 2-core CPU of stop 27 (60 min at 4 epochs, 52 at 2), README "What the cpu preset shows"."""
 PRESETS["full"] = PRESETS["gpu"]  # the name before the cpu preset existed
 
 
