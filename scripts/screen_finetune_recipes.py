@@ -82,9 +82,9 @@ class ScreenConfig:
     """Samplers per repeat of ours (``ns-posegen-experiment --ours-samplers``; default the preset's)."""
     loop_steps: Optional[int] = None
     """Steps of each per-repeat sampler (``ns-posegen-experiment --loop-steps``; default the preset's)."""
-    ours_prior_fraction: Optional[float] = None
+    ours_prior_fraction: float = ExperimentConfig.ours_prior_fraction
     """Share of prior samples in ours' and mining's sets (``ns-posegen-experiment --ours-prior-fraction``; default
-    the experiment's 0.5)."""
+    the experiment's)."""
     sampler: SamplerOverrides = dataclasses.field(default_factory=SamplerOverrides)
     """Sampler settings of the draws (``--sampler.roll-range -1.57 1.57`` ...), as ``ns-posegen-experiment``'s: camera
     ranges for every arm, the rest for ours' per-repeat samplers. Use another ``--cache-dir`` per setting."""
@@ -225,9 +225,9 @@ def main(cfg: ScreenConfig) -> None:
             raise PoseGenInputError(f"--variants {text!r} is not JSON ({err}); e.g. '{{\"tag\": \"lr5e-5\", \"lr\": 5e-5}}'.")
         if "tag" not in variants[-1]:
             raise PoseGenInputError(f"--variants {text!r}: each variant needs a \"tag\".")
-    fraction = {} if cfg.ours_prior_fraction is None else {"ours_prior_fraction": cfg.ours_prior_fraction}
     exp = ExperimentConfig(preset=cfg.preset, load_config=cfg.load_config, sampler=cfg.sampler,
-                           ours_samplers=cfg.ours_samplers, loop_steps=cfg.loop_steps, **fraction)
+                           ours_samplers=cfg.ours_samplers, loop_steps=cfg.loop_steps,
+                           ours_prior_fraction=cfg.ours_prior_fraction)
     sizes = exp.sizes()
     pipeline = load_trained_pipeline(cfg.load_config)
     use_camera_ranges(pipeline, cfg.sampler)  # as run_experiment: every arm's cameras
